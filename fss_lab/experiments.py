@@ -1,0 +1,184 @@
+"""Run one FSS configuration end to end -> tidy results. This is what notebooks and papermill call.
+
+An :class:`FSSExperiment` owns the datasets, the transform tied to the backbone's weights, the frozen feature
+extractor and one feature cache per (dataset split, transform): every method and shot count it runs reuses the same
+features, and every method sees the same seeded episodes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from .data import EpisodeList, PairTransform, TransformedItems, create_dataset, sample_fss_episodes
+from .data.episode import Episode
+from .data.episodic import EpisodeDataset
+from .engine.device import resolve_device
+from .engine.evaluate import FSSResult, evaluate_fss
+from .methods.base import FewShotMethod
+from .models.backbones import create_backbone
+from .models.features import FeatureCache, FeatureExtractor
+
+#: Per-dataset defaults: image size (H, W), transform mode and episode protocol.
+#: "same_split": queries and supports from the val split (PFENet/BAM/RePRI). "cross_group": queries from val,
+#: supports from train images of other groups (CamVid videos), the honest protocol for video frames.
+DATASET_DEFAULTS: dict[str, dict] = {
+    "synthetic": {"image_size": (192, 192), "transform_mode": "resize", "protocol": "same_split"},
+    "camvid": {"image_size": (240, 320), "transform_mode": "resize", "protocol": "cross_group"},
+    "folder": {"image_size": (240, 320), "transform_mode": "long_side_pad", "protocol": "same_split"},
+    "pascal5i": {"image_size": (417, 417), "transform_mode": "long_side_pad", "protocol": "same_split"},
+    "coco20i": {"image_size": (417, 417), "transform_mode": "long_side_pad", "protocol": "same_split"},
+    "fss1000": {"image_size": (224, 224), "transform_mode": "resize", "protocol": "same_split"},
+}
+PROTOCOLS = ("same_split", "cross_group")
+
+
+@dataclass
+class FSSConfig:
+    """One FSS experiment. ``None`` fields take the dataset's defaults from :data:`DATASET_DEFAULTS`.
+
+    Attributes:
+        dataset / data_root: see :func:`fss_lab.data.create_dataset`.
+        fold: the fold whose novel classes are tested.
+        shots: K values to run.
+        n_episodes: episodes per shot count (1,000 in the BAM/RePRI protocol).
+        image_size: ``(H, W)`` pixels of the network input and of the scored labels.
+        transform_mode: ``"resize"`` or ``"long_side_pad"``.
+        backbone / levels: registered backbone and its feature levels.
+        seed: episode-sampling seed.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        protocol: ``"same_split"`` or ``"cross_group"``.
+        min_area: PFENet small-object rule in label pixels (default: the dataset's).
+        dataset_kwargs: extra arguments for the dataset class.
+    """
+
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    fold: int = 0
+    shots: tuple[int, ...] = (1, 5)
+    n_episodes: int = 200
+    image_size: tuple[int, int] | None = None
+    transform_mode: str | None = None
+    backbone: str = "efficientnet_lite0"
+    levels: tuple[str, ...] = ("s16",)
+    seed: int = 0
+    device: str = "auto"
+    protocol: str | None = None
+    min_area: int | None = None
+    dataset_kwargs: dict = field(default_factory=dict)
+
+    def resolved(self) -> "FSSConfig":
+        """A copy with the dataset defaults filled in; ``ValueError`` for an unknown protocol."""
+        defaults = DATASET_DEFAULTS.get(self.dataset, DATASET_DEFAULTS["folder"])
+        out = dataclasses.replace(
+            self,
+            image_size=tuple(self.image_size or defaults["image_size"]),
+            transform_mode=self.transform_mode or defaults["transform_mode"],
+            protocol=self.protocol or defaults["protocol"],
+            shots=tuple(self.shots),
+            levels=tuple(self.levels),
+        )
+        if out.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {out.protocol!r}")
+        return out
+
+
+class FSSExperiment:
+    """Datasets + transform + frozen features + episodes for one :class:`FSSConfig`.
+
+    Args:
+        config: the configuration (dataset defaults are filled in).
+        backbone: an already built backbone to share between experiments (default: built from the config).
+    """
+
+    def __init__(self, config: FSSConfig, backbone: torch.nn.Module | None = None):
+        self.config = cfg = config.resolved()
+        self.device = resolve_device(cfg.device)
+        self.query_dataset = create_dataset(cfg.dataset, cfg.data_root, split="val", **cfg.dataset_kwargs)
+        if cfg.protocol == "cross_group":
+            self.support_dataset = create_dataset(cfg.dataset, cfg.data_root, split="train", **cfg.dataset_kwargs)
+        else:
+            self.support_dataset = self.query_dataset
+        self.backbone = backbone if backbone is not None else create_backbone(cfg.backbone)
+        pre = self.backbone.preprocessing
+        self.transform = PairTransform(cfg.image_size, cfg.transform_mode, tuple(pre.mean), tuple(pre.std))
+        self.extractor = FeatureExtractor(self.backbone, levels=cfg.levels, device=self.device)
+        self.query_items = TransformedItems(self.query_dataset, self.transform)
+        self.query_cache = FeatureCache(self.extractor, self.query_items.image)
+        if self.support_dataset is self.query_dataset:
+            self.support_items, self.support_cache = self.query_items, self.query_cache
+        else:
+            self.support_items = TransformedItems(self.support_dataset, self.transform)
+            self.support_cache = FeatureCache(self.extractor, self.support_items.image)
+        self._episodes: dict[int, EpisodeList] = {}
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.query_dataset.class_names
+
+    def episodes(self, shots: int) -> EpisodeList:
+        """The seeded episode list for ``shots`` (sampled once, then reused)."""
+        if shots not in self._episodes:
+            cfg = self.config
+            self._episodes[shots] = sample_fss_episodes(
+                self.query_dataset,
+                cfg.fold,
+                shots,
+                cfg.n_episodes,
+                seed=cfg.seed,
+                support_dataset=self.support_dataset,
+                min_area=cfg.min_area,
+                cross_group=cfg.protocol == "cross_group",
+            )
+        return self._episodes[shots]
+
+    def episode(self, n: int, shots: int) -> Episode:
+        """Episode ``n`` of the ``shots``-shot list as tensors (for figures)."""
+        return EpisodeDataset(self.episodes(shots), self.query_items, self.support_items)[n]
+
+    def run(self, method: FewShotMethod, shots: int, keep_predictions: int = 0, progress: bool = True) -> FSSResult:
+        """Evaluate ``method`` on the ``shots``-shot episodes (features from the shared caches)."""
+        return evaluate_fss(
+            method,
+            self.episodes(shots),
+            self.query_items,
+            self.support_items,
+            self.query_cache,
+            self.support_cache,
+            device=self.device,
+            keep_predictions=keep_predictions,
+            progress=progress,
+        )
+
+
+def run_fss(
+    config: FSSConfig,
+    methods: Mapping[str, Callable[[], FewShotMethod]],
+    shots: Sequence[int] | None = None,
+    backbone: torch.nn.Module | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, int], FSSResult]]:
+    """Run several methods and shot counts on one configuration.
+
+    Args:
+        config: the experiment.
+        methods: ``{label: factory}``; a fresh method is built for each shot count.
+        shots: K values (default ``config.shots``).
+
+    Returns:
+        ``(summary, per_class, results)``: a tidy summary (one row per method and K, with mIoU and FB-IoU), a tidy
+        per-class table, and the :class:`FSSResult` objects keyed by ``(label, K)``.
+    """
+    exp = FSSExperiment(config, backbone=backbone)
+    results = {}
+    for k in shots or exp.config.shots:
+        for label, make in methods.items():
+            res = exp.run(make(), k, progress=progress)
+            res.method = label
+            results[(label, k)] = res
+    summary = pd.DataFrame([r.summary() for r in results.values()])
+    per_class = pd.concat([r.per_class_frame() for r in results.values()], ignore_index=True)
+    return summary, per_class, results

@@ -1,0 +1,88 @@
+"""The one interface every few-shot method shares: ``fit`` on a support set, ``predict`` query logits.
+
+Methods work on features from a frozen extractor, so features can be cached per image and reused across episodes
+(:class:`fss_lab.models.features.FeatureCache`). Transductive methods (RePRI, DIaM) also receive the query features
+in :meth:`FewShotMethod.fit`; inductive ones ignore them.
+"""
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import torch
+
+from ..data.base import IGNORE_INDEX
+
+
+class FewShotMethod(abc.ABC):
+    """Adapts to a support set, then segments queries.
+
+    Subclasses set ``name`` and implement :meth:`fit` and :meth:`predict`.
+    """
+
+    name: ClassVar[str] = "method"
+    transductive: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def fit(
+        self,
+        support_features: torch.Tensor,
+        support_masks: torch.Tensor,
+        query_features: torch.Tensor | None = None,
+    ) -> "FewShotMethod":
+        """Adapt to one episode.
+
+        Args:
+            support_features: float32 ``[K, D, h, w]`` features of the K support images.
+            support_masks: int64 ``[K, H, W]`` labels at image resolution (FSS: 0/1, 255 = ignore).
+            query_features: float32 ``[Q, D, h, w]``; used only by transductive methods.
+
+        Returns:
+            ``self``.
+        """
+
+    @abc.abstractmethod
+    def predict(self, query_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Segment queries.
+
+        Args:
+            query_features: float32 ``[Q, D, h, w]``.
+            size: ``(H, W)`` in pixels of the returned logits (the label resolution).
+
+        Returns:
+            float32 logits ``[Q, C, H, W]`` (``C = 2`` for 1-way FSS: background, foreground). Not probabilities.
+        """
+
+    def fit_predict(
+        self,
+        support_features: torch.Tensor,
+        support_masks: torch.Tensor,
+        query_features: torch.Tensor,
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """``fit`` then ``predict``; transductive methods see the query in ``fit``."""
+        self.fit(support_features, support_masks, query_features if self.transductive else None)
+        return self.predict(query_features, size)
+
+
+def check_support(support_features: torch.Tensor, support_masks: torch.Tensor) -> None:
+    """Validate a support set's shapes and labels; ``ValueError`` names the tensor, its shape and the fix."""
+    if support_features.dim() != 4:
+        raise ValueError(f"support_features must be [K, D, h, w], got shape {tuple(support_features.shape)}")
+    if support_masks.dim() != 3:
+        raise ValueError(f"support_masks must be [K, H, W], got shape {tuple(support_masks.shape)}")
+    if support_features.shape[0] != support_masks.shape[0]:
+        raise ValueError(
+            f"{support_features.shape[0]} support feature maps but {support_masks.shape[0]} support masks; "
+            "pass one mask per support image"
+        )
+    fg = (support_masks == 1).flatten(1).any(1)
+    if not bool(fg.all()):
+        bad = [int(k) for k in torch.nonzero(~fg).flatten()]
+        raise ValueError(
+            f"support masks {bad} have no foreground pixel; each support must show the class "
+            "(sample with a min_area, or use a larger image size)"
+        )
+    extra = set(torch.unique(support_masks).tolist()) - {0, 1, IGNORE_INDEX}
+    if extra:
+        raise ValueError(f"support masks of a 1-way episode must hold 0, 1 or 255, found {sorted(extra)}")

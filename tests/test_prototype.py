@@ -1,0 +1,77 @@
+"""The prototype baseline: masked average pooling, cosine logits, K-shot averaging, input checks."""
+import math
+
+import pytest
+import torch
+
+from fss_lab.methods.prototype import (
+    PrototypeBaseline,
+    cosine_logits,
+    downsample_masks,
+    masked_average_pooling,
+)
+
+
+def test_masked_average_pooling_by_hand():
+    # one shot, D=2, 1x2 feature map: f(0) = (1, 0), f(1) = (3, 4); weights fg = (1, 0), bg = (0.5, 0.5)
+    feats = torch.tensor([[[[1.0, 3.0]], [[0.0, 4.0]]]])  # [1, 2, 1, 2]
+    w = torch.tensor([[[[0.5, 0.5]], [[1.0, 0.0]]]])  # [1, C=2, 1, 2]: bg, fg
+    protos = masked_average_pooling(feats, w, eps=0.0)
+    assert torch.allclose(protos[0, 0], torch.tensor([2.0, 2.0]))  # bg: mean of both
+    assert torch.allclose(protos[0, 1], torch.tensor([1.0, 0.0]))  # fg: first pixel
+
+
+def test_downsample_masks_area_fractions_and_ignore():
+    m = torch.tensor([[[1, 1, 0, 0], [1, 255, 0, 0]]])  # [1, 2, 4]
+    w = downsample_masks(m, (1, 2))
+    # left 2x2 cell: 3 fg, 1 ignore -> fg 0.75, bg 0; right cell: all bg
+    assert torch.allclose(w[0, :, 0, 0], torch.tensor([0.0, 0.75]))
+    assert torch.allclose(w[0, :, 0, 1], torch.tensor([1.0, 0.0]))
+
+
+def test_cosine_logits_by_hand():
+    f = torch.tensor([[[[1.0]], [[1.0]]]])  # one pixel, direction (1, 1)
+    p = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    out = cosine_logits(f, p, temperature=10.0)
+    assert torch.allclose(out.flatten(), torch.tensor([10 / math.sqrt(2)] * 2))
+
+
+def test_prototype_segments_a_separable_query():
+    # features: foreground pixels point along e0, background along e1
+    def feats(mask):
+        f = torch.zeros(1, 4, 8, 8)
+        f[0, 0][mask == 1] = 1.0
+        f[0, 1][mask == 0] = 1.0
+        return f + 0.05
+
+    sm = torch.zeros(8, 8, dtype=torch.long)
+    sm[2:6, 2:6] = 1
+    qm = torch.zeros(8, 8, dtype=torch.long)
+    qm[0:3, 4:8] = 1
+    method = PrototypeBaseline().fit(feats(sm), sm[None])
+    logits = method.predict(feats(qm), (8, 8))
+    assert logits.shape == (1, 2, 8, 8)
+    assert torch.equal(logits.argmax(1)[0], qm)
+
+
+def test_k_shot_averages_per_shot_prototypes():
+    f = torch.randn(3, 5, 4, 4)
+    m = torch.zeros(3, 4, 4, dtype=torch.long)
+    m[:, :2] = 1
+    m[2, :, :] = 1
+    m[2, 3, 3] = 0
+    k3 = PrototypeBaseline().fit(f, m).prototypes
+    singles = torch.stack([PrototypeBaseline().fit(f[i : i + 1], m[i : i + 1]).prototypes for i in range(3)])
+    assert torch.allclose(k3, singles.mean(0), atol=1e-6)
+
+
+def test_support_checks():
+    f = torch.randn(2, 4, 4, 4)
+    with pytest.raises(ValueError, match="no foreground"):
+        PrototypeBaseline().fit(f, torch.zeros(2, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="2 support feature maps but 1 support masks"):
+        PrototypeBaseline().fit(f, torch.ones(1, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"found \[3\]"):
+        PrototypeBaseline().fit(f, torch.full((2, 8, 8), 3, dtype=torch.long).index_fill_(1, torch.tensor([0]), 1))
+    with pytest.raises(RuntimeError, match="fit"):
+        PrototypeBaseline().predict(f, (8, 8))
