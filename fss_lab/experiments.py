@@ -63,7 +63,7 @@ class FSSConfig:
     image_size: tuple[int, int] | None = None
     transform_mode: str | None = None
     backbone: str = "efficientnet_lite0"
-    levels: tuple[str, ...] = ("s16",)
+    levels: tuple[str, ...] = ("s16_expanded",)
     seed: int = 0
     device: str = "auto"
     protocol: str | None = None

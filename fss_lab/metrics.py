@@ -173,6 +173,49 @@ class FSSMeter:
         self.fb_inter += inter
         self.fb_union += union
 
+    def update_batch(
+        self, pred: torch.Tensor, target: torch.Tensor, class_ids: Sequence[int] | torch.Tensor
+    ) -> torch.Tensor:
+        """Record E episodes at once (the vectorised form of :meth:`update`, same counts).
+
+        Args:
+            pred: binary predictions ``[E, Q, H, W]`` (integer/bool, values in ``{0, 1}``).
+            target: binary query masks ``[E, Q, H, W]`` in ``{0, 1, ignore_index}``.
+            class_ids: the E episode classes (each one of ``class_ids``).
+
+        Returns:
+            float64 ``[E]``: each episode's foreground IoU (1.0 where its foreground union is empty).
+
+        Raises:
+            ValueError: shape mismatch, unknown class id, or a non-binary label.
+        """
+        if pred.shape != target.shape or pred.dim() != 4:
+            raise ValueError(
+                f"update_batch expects pred and target of one shape [E, Q, H, W], got {tuple(pred.shape)} and "
+                f"{tuple(target.shape)}"
+            )
+        unknown = sorted({int(c) for c in class_ids} - set(self._pos))
+        if unknown:
+            raise ValueError(f"class ids {unknown} are not among this meter's fold classes {list(self.class_ids)}")
+        valid = target != self.ignore_index
+        if bool(((pred != 0) & (pred != 1)).any()) or bool((valid & (target != 0) & (target != 1)).any()):
+            raise ValueError(
+                f"FSSMeter.update_batch expects binary labels (0, 1, and {self.ignore_index} in the target)"
+            )
+        p_fg, t_fg = (pred == 1) & valid, (target == 1) & valid
+        p_bg, t_bg = (pred == 0) & valid, (target == 0) & valid
+        dims = (1, 2, 3)
+        fg_i, fg_u = (p_fg & t_fg).sum(dims), (p_fg | t_fg).sum(dims)
+        bg_i, bg_u = (p_bg & t_bg).sum(dims), (p_bg | t_bg).sum(dims)
+        pos = torch.tensor([self._pos[int(c)] for c in class_ids], dtype=torch.int64)
+        self.inter.index_add_(0, pos, fg_i.cpu())
+        self.union.index_add_(0, pos, fg_u.cpu())
+        self.episodes.index_add_(0, pos, torch.ones_like(pos))
+        self.fb_inter += torch.stack([bg_i.sum(), fg_i.sum()]).cpu()
+        self.fb_union += torch.stack([bg_u.sum(), fg_u.sum()]).cpu()
+        fg_i, fg_u = fg_i.double().cpu(), fg_u.double().cpu()
+        return torch.where(fg_u > 0, fg_i / fg_u.clamp(min=1), torch.ones_like(fg_u))
+
     def merge(self, other: "FSSMeter") -> "FSSMeter":
         """Add another meter's counts (e.g. from another rank or shard) into this one; returns ``self``.
 

@@ -69,3 +69,10 @@ def toy():
             items.append((2 - i % 2, 2, 18, 14, 30))
         layout.append(items)
     return ToyDataset(layout)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print what the notebooks measured, so CI logs show the numbers (e.g. CamVid mIoU per fold and shot)."""
+    from tests.notebook_runs import write_summary
+
+    write_summary(terminalreporter)

@@ -231,3 +231,23 @@ def test_to_percent_scales_floats_only():
         "episodes": 3,
         "per_class": {1: 25.0},
     }
+
+
+def test_fss_update_batch_equals_per_episode_updates():
+    g = torch.Generator().manual_seed(1)
+    pred = torch.randint(0, 2, (6, 2, 7, 9), generator=g)
+    target = torch.randint(0, 2, (6, 2, 7, 9), generator=g)
+    target[:, :, 0] = 255
+    classes = [3, 5, 3, 4, 5, 5]
+    a, b = FSSMeter([3, 4, 5]), FSSMeter([3, 4, 5])
+    per_episode = a.update_batch(pred, target, classes)
+    for p, t, c in zip(pred, target, classes):
+        b.update(p, t, c)
+    assert torch.equal(a.inter, b.inter) and torch.equal(a.union, b.union) and torch.equal(a.fb_union, b.fb_union)
+    valid = target[0] != 255
+    fg_p, fg_t = (pred[0] == 1) & valid, (target[0] == 1) & valid
+    assert per_episode[0].item() == pytest.approx((fg_p & fg_t).sum().item() / (fg_p | fg_t).sum().item())
+    with pytest.raises(ValueError, match="not among"):
+        a.update_batch(pred, target, [9] * 6)
+    with pytest.raises(ValueError, match="binary"):
+        a.update_batch(pred + 1, target, classes)

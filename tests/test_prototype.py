@@ -75,3 +75,18 @@ def test_support_checks():
         PrototypeBaseline().fit(f, torch.full((2, 8, 8), 3, dtype=torch.long).index_fill_(1, torch.tensor([0]), 1))
     with pytest.raises(RuntimeError, match="fit"):
         PrototypeBaseline().predict(f, (8, 8))
+
+
+def test_vectorised_episodes_equal_the_per_episode_loop():
+    from fss_lab.methods.base import FewShotMethod
+
+    g = torch.Generator().manual_seed(0)
+    sf, qf = torch.randn(4, 3, 6, 5, 5, generator=g), torch.randn(4, 2, 6, 5, 5, generator=g)
+    sm = (torch.rand(4, 3, 10, 10, generator=g) > 0.5).long()
+    sm[..., 0, 0] = 1
+    sm[:, 0, 1:3] = 255
+    method = PrototypeBaseline(temperature=7.0)
+    fast = method.fit_predict_episodes(sf, sm, qf, (10, 10))
+    loop = FewShotMethod.fit_predict_episodes(method, sf, sm, qf, (10, 10))
+    assert fast.shape == (4, 2, 2, 10, 10)
+    assert torch.allclose(fast, loop, atol=1e-5)

@@ -92,5 +92,24 @@ def test_support_without_foreground_after_resizing_is_a_clear_error():
     ds = ToyDataset([[(1, 5, 5, 6, 6)] for _ in range(3)], folds={0: (1,)})
     eps = sample_fss_episodes(ds, fold=0, shots=1, n_episodes=1)
     items = TransformedItems(ds, PairTransform((8, 8)))
-    with pytest.raises(DatasetError, match="has no pixel of class c1 \(1\) after resizing.*larger image size"):
+    with pytest.raises(DatasetError, match=r"has no pixel of class c1 \(1\) after resizing.*larger image size"):
         EpisodeDataset(eps, items)[0]
+
+
+def test_label_view_checks_sizes_from_the_header_without_decoding(tmp_path):
+    from PIL import Image
+
+    from fss_lab.data.folder import FolderDataset
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "images" / "a.jpg")
+    Image.fromarray(np.ones((30, 40), np.uint8)).save(tmp_path / "masks" / "a.png")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "images" / "b.jpg")
+    Image.fromarray(np.ones((20, 20), np.uint8)).save(tmp_path / "masks" / "b.png")
+    ds = FolderDataset(tmp_path, split="val", config={"name": "tiny", "class_names": ["thing", "other"], "folds": {"0": [1]}})
+    assert ds.item_size(0) == (30, 40)
+    items = TransformedItems(ds, PairTransform((16, 16)))
+    assert items.label(0).dtype == torch.uint8 and items.label(0).shape == (16, 16)
+    with pytest.raises(DatasetError, match=r"b\.jpg is 40x30.*b\.png is 20x20"):
+        items.label(1)

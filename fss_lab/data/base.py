@@ -180,6 +180,36 @@ class SegmentationDataset(abc.ABC):
         check_same_size(image, label, *where)
         return image, label
 
+    def item_size(self, index: int) -> tuple[int, int]:
+        """``(H, W)`` of item ``index``'s image in pixels, read from the file header when there is a file (cheap).
+
+        Raises:
+            DatasetError: the image file is missing or not an image.
+        """
+        try:
+            image_path = self._paths(index)[0]
+        except NotImplementedError:
+            return tuple(self.load_image(index).shape[:2])
+        try:
+            with Image.open(image_path) as im:
+                return im.height, im.width
+        except FileNotFoundError as exc:
+            raise DatasetError(f"image file not found: {image_path}. Check the data root and the list file.") from exc
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DatasetError(f"image file does not decode: {image_path} ({exc}). Re-export it.") from exc
+
+    def load_label_checked(self, index: int) -> np.ndarray:
+        """:meth:`load_label`, plus a check that the label has the image's size (without decoding the image)."""
+        label = self.load_label(index)
+        height, width = self.item_size(index)
+        if label.shape[:2] != (height, width):
+            try:
+                where = tuple(str(p) for p in self._paths(index))
+            except NotImplementedError:
+                where = (f"{self.name}[{index}] image", f"{self.name}[{index}] label")
+            check_same_size(np.empty((height, width, 0)), label, *where)
+        return label
+
     def group(self, index: int) -> str | None:
         """The group (e.g. the video of a CamVid frame) of item ``index``, or ``None``.
 

@@ -41,19 +41,23 @@ class TransformedItems:
 
     def image(self, index: int) -> torch.Tensor:
         """Transformed image ``[3, H, W]`` float32 (normalised)."""
-        return self.transform(self.dataset.load_image(index))[0]
+        return self.transform.image(self.dataset.load_image(index))
 
     def label(self, index: int) -> torch.Tensor:
-        """Transformed label ``[H, W]`` int64 (dataset ids, 255 = ignore/padding)."""
+        """Transformed label ``[H, W]`` uint8 (dataset ids, 255 = ignore/padding); cached, do not modify in place."""
         if index in self._labels:
             self._labels.move_to_end(index)
             return self._labels[index]
-        image, label = self.dataset.load(index)  # checks the image decodes and the sizes agree
-        y = self.transform(image, label)[1]
+        label = self.dataset.load_label_checked(index)  # checks the label has the image's size
+        y = self.transform.label(label).to(torch.uint8)  # ids <= 255: uint8 is 8x lighter than int64
         self._labels[index] = y
         if len(self._labels) > self._label_cache:
             self._labels.popitem(last=False)
         return y
+
+    def clear(self) -> None:
+        """Forget the cached labels."""
+        self._labels.clear()
 
     def item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image [3, H, W], label [H, W])``."""
@@ -62,14 +66,15 @@ class TransformedItems:
 
 
 def episode_masks(
-    items: TransformedItems, indices: tuple[int, ...], class_id: int, role: str
+    items: TransformedItems, indices: tuple[int, ...], class_id: int, role: str, dtype: torch.dtype = torch.int64
 ) -> torch.Tensor:
-    """Binary masks ``[K, H, W]`` int64 of ``class_id`` for ``indices``; supports must keep foreground.
+    """Binary masks ``[K, H, W]`` of ``class_id`` for ``indices`` (``dtype`` int64 by default; uint8 is lighter);
+    supports must keep foreground.
 
     Raises:
         DatasetError: a support mask has no foreground pixel after resizing (names the image and the fix).
     """
-    masks = torch.stack([binary_episode_label(items.label(i), class_id) for i in indices])
+    masks = torch.stack([binary_episode_label(items.label(i), class_id) for i in indices]).to(dtype)
     if role == "support":
         for i, m in zip(indices, masks):
             if not (m == 1).any():

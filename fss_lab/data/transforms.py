@@ -60,24 +60,28 @@ class PairTransform:
         return max(1, round(height * scale)), max(1, round(width * scale))
 
     def __call__(self, image: np.ndarray, label: np.ndarray | None = None):
+        return self.image(image), (None if label is None else self.label(label))
+
+    def image(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 ``[H0, W0, 3]`` RGB -> normalised float32 ``[3, H, W]`` (bilinear, antialiased; black padding)."""
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
         h, w = self.resized_size(*image.shape[:2])
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
         x = F.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
-        x = _pad(x, self.size, value=0.0)
+        x = _pad(x, self.size, value=0.0)  # black in raw pixel space, as RePRI/DIaM pad at test time
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
-        x = (x - mean) / std
-        if self.mode == "long_side_pad":  # padded pixels are black in raw space (0), as in RePRI/DIaM
-            x[:, h:, :] = (-mean / std).expand(3, self.size[0] - h, self.size[1])
-            x[:, :, w:] = (-mean / std).expand(3, self.size[0], self.size[1] - w)
-        if label is None:
-            return x, None
+        return (x - mean) / std
+
+    def label(self, label: np.ndarray) -> torch.Tensor:
+        """Integer ``[H0, W0]`` label -> int64 ``[H, W]`` (nearest neighbour; padding 255)."""
+        if label.ndim != 2:
+            raise ValueError(f"expected a label [H, W], got shape {label.shape}")
+        h, w = self.resized_size(*label.shape)
         y = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
         y = F.interpolate(y[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
-        y = _pad(y, self.size, value=IGNORE_INDEX)
-        return x, y
+        return _pad(y, self.size, value=IGNORE_INDEX)
 
 
 def _pad(t: torch.Tensor, size: tuple[int, int], value: float) -> torch.Tensor:
@@ -92,12 +96,11 @@ def binary_episode_label(label: torch.Tensor, class_id: int, ignore_index: int =
     """FSS episode label: ``class_id`` -> 1, every other class (and background) -> 0, ignore kept.
 
     Args:
-        label: int64 ``[..., H, W]`` dataset label.
+        label: integer ``[..., H, W]`` dataset label (uint8 or int64).
         class_id: the episode class (dataset id).
 
     Returns:
-        int64 ``[..., H, W]`` in ``{0, 1, 255}`` (PFENet / RePRI convention, fss-methods.md section 2 step 3).
+        ``[..., H, W]`` of ``label``'s dtype in ``{0, 1, 255}`` (PFENet / RePRI convention, fss-methods.md section 2 step 3).
     """
-    out = (label == class_id).long()
-    out[label == ignore_index] = ignore_index
-    return out
+    out = (label == class_id).to(label.dtype)
+    return out.masked_fill_(label == ignore_index, ignore_index)

@@ -34,7 +34,7 @@ class FewShotMethod(abc.ABC):
 
         Args:
             support_features: float32 ``[K, D, h, w]`` features of the K support images.
-            support_masks: int64 ``[K, H, W]`` labels at image resolution (FSS: 0/1, 255 = ignore).
+            support_masks: integer (int64 or uint8) ``[K, H, W]`` labels at image resolution (FSS: 0/1, 255 = ignore).
             query_features: float32 ``[Q, D, h, w]``; used only by transductive methods.
 
         Returns:
@@ -65,6 +65,28 @@ class FewShotMethod(abc.ABC):
         return self.predict(query_features, size)
 
 
+    def fit_predict_episodes(
+        self,
+        support_features: torch.Tensor,
+        support_masks: torch.Tensor,
+        query_features: torch.Tensor,
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Run E independent episodes of equal K and Q at once.
+
+        Args:
+            support_features: ``[E, K, D, h, w]``; support_masks: int64 ``[E, K, H, W]``;
+            query_features: ``[E, Q, D, h, w]``; size: ``(H, W)`` of the logits.
+
+        Returns:
+            logits ``[E, Q, C, H, W]``. The default loops over episodes with :meth:`fit_predict`; methods with a
+            vectorised form override it (the results must be the same as the loop's).
+        """
+        return torch.stack(
+            [self.fit_predict(sf, sm, qf, size) for sf, sm, qf in zip(support_features, support_masks, query_features)]
+        )
+
+
 def check_support(support_features: torch.Tensor, support_masks: torch.Tensor) -> None:
     """Validate a support set's shapes and labels; ``ValueError`` names the tensor, its shape and the fix."""
     if support_features.dim() != 4:
@@ -76,13 +98,16 @@ def check_support(support_features: torch.Tensor, support_masks: torch.Tensor) -
             f"{support_features.shape[0]} support feature maps but {support_masks.shape[0]} support masks; "
             "pass one mask per support image"
         )
+    bad = (support_masks > 1) & (support_masks != IGNORE_INDEX)
+    if support_masks.is_signed():
+        bad |= support_masks < 0
+    if bool(bad.any()):
+        extra = sorted(set(support_masks[bad].tolist()))
+        raise ValueError(f"support masks of a 1-way episode must hold 0, 1 or 255, found {extra}")
     fg = (support_masks == 1).flatten(1).any(1)
     if not bool(fg.all()):
-        bad = [int(k) for k in torch.nonzero(~fg).flatten()]
+        bad_shots = [int(k) for k in torch.nonzero(~fg).flatten()]
         raise ValueError(
-            f"support masks {bad} have no foreground pixel; each support must show the class "
+            f"support masks {bad_shots} have no foreground pixel; each support must show the class "
             "(sample with a min_area, or use a larger image size)"
         )
-    extra = set(torch.unique(support_masks).tolist()) - {0, 1, IGNORE_INDEX}
-    if extra:
-        raise ValueError(f"support masks of a 1-way episode must hold 0, 1 or 255, found {sorted(extra)}")

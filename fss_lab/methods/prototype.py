@@ -10,21 +10,29 @@ from ..data.base import IGNORE_INDEX
 from .base import FewShotMethod, check_support
 
 
-def downsample_masks(masks: torch.Tensor, size: tuple[int, int], ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def downsample_masks(
+    masks: torch.Tensor, size: tuple[int, int], num_classes: int | None = None, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Soft one-hot masks at feature resolution by area averaging.
 
     Args:
         masks: int64 ``[K, H, W]`` with labels ``0..C-1`` and ``ignore_index``.
         size: ``(h, w)`` feature resolution.
+        num_classes: ``C``; default ``max label + 1`` (at least 2).
 
     Returns:
         float32 ``[K, C, h, w]``: the fraction of each feature cell covered by each label (ignore pixels count for
-        no label, so a cell half covered by ignore sums to 0.5). ``C = max label + 1`` (at least 2).
+        no label, so a cell half covered by ignore sums to 0.5).
     """
-    valid = masks != ignore_index
-    n_classes = max(2, int(masks[valid].max()) + 1) if valid.any() else 2
-    onehot = F.one_hot(torch.where(valid, masks, 0), n_classes).permute(0, 3, 1, 2).float()
-    onehot = onehot * valid[:, None].float()
+    if num_classes is None:
+        valid = masks != ignore_index
+        num_classes = max(2, int(masks[valid].max()) + 1) if valid.any() else 2
+    (n, height, width), (h, w) = masks.shape, size
+    if height % h == 0 and width % w == 0:  # exact blocks: count label pixels per cell on integers (cheap)
+        blocks = masks.view(n, h, height // h, w, width // w)
+        counts = torch.stack([(blocks == c).sum((2, 4), dtype=torch.int32) for c in range(num_classes)], 1)
+        return counts.float() / ((height // h) * (width // w))
+    onehot = torch.stack([masks == c for c in range(num_classes)], 1).float()  # ignore pixels match no label
     return F.adaptive_avg_pool2d(onehot, size) if onehot.shape[-2:] != size else onehot
 
 
@@ -77,10 +85,25 @@ class PrototypeBaseline(FewShotMethod):
 
     def fit(self, support_features, support_masks, query_features=None) -> "PrototypeBaseline":
         check_support(support_features, support_masks)
-        weights = downsample_masks(support_masks, tuple(support_features.shape[-2:]))[:, :2]
+        weights = downsample_masks(support_masks, tuple(support_features.shape[-2:]), num_classes=2)
         per_shot = masked_average_pooling(support_features, weights)  # [K, 2, D]
         self.prototypes = per_shot.mean(0)
         return self
+
+    def fit_predict_episodes(self, support_features, support_masks, query_features, size):
+        """Vectorised over E episodes: ``[E, K, D, h, w]``, ``[E, K, H, W]``, ``[E, Q, D, h, w]`` ->
+        logits ``[E, Q, 2, H, W]``; equal to looping :meth:`fit_predict` (a test checks it)."""
+        e, k, d, h, w = support_features.shape
+        q = query_features.shape[1]
+        check_support(support_features.reshape(e * k, d, h, w), support_masks.flatten(0, 1))
+        weights = downsample_masks(support_masks.flatten(0, 1), (h, w), num_classes=2)
+        prototypes = masked_average_pooling(support_features.reshape(e * k, d, h, w), weights).view(e, k, 2, d).mean(1)
+        f = F.normalize(query_features, dim=2)
+        p = F.normalize(prototypes, dim=2)
+        logits = self.temperature * torch.einsum("eqdhw,ecd->eqchw", f, p)  # e: episode, q: query, c: bg/fg
+        logits = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
+        self.prototypes = prototypes[-1]
+        return logits.view(e, q, 2, *size)
 
     def predict(self, query_features, size):
         if self.prototypes is None:

@@ -1,0 +1,66 @@
+"""Notebooks: executed with papermill at QUICK scale (default data and CamVid), re-run with nbval to check that
+the printed numbers are reproducible, committed without outputs, and in sync with their jupytext sources."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import camvid_root
+from tests.notebook_runs import REPO, run_notebook
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs_and_with_parameters(path):
+    nb = json.loads(path.read_text())
+    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c["outputs"] or c["execution_count"])]
+    assert dirty == [], f"{path.name}: cells {dirty} carry outputs; clear them before committing"
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: exactly one cell must be tagged 'parameters' (papermill)"
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_paired_with_jupytext_source(path):
+    import jupytext
+
+    source = path.with_suffix(".py")
+    assert source.is_file(), f"{path.name} has no jupytext percent source {source.name}"
+    a = [(c.cell_type, c.source.strip()) for c in jupytext.read(source).cells]
+    b = [(c.cell_type, c.source.strip()) for c in jupytext.read(path).cells]
+    assert a == b, f"{path.name} and {source.name} differ: run `jupytext --sync {source}`"
+
+
+@pytest.mark.notebook
+def test_quickstart_on_default_data_and_reproducible_under_nbval():
+    executed, results = run_notebook("00_quickstart", "quickstart_synthetic", {"QUICK": True})
+    assert results["dataset"] == "synthetic" and set(results["miou"]) == {"1", "5"}
+    for k, v in results["miou"].items():
+        assert 0.0 < v < 1.0, f"{k}-shot mIoU {v} is not a plausible score"
+    # nbval re-executes the executed notebook and compares the outputs of cells marked NBVAL_CHECK_OUTPUT
+    # (the printed mIoU / FB-IoU): the same seed must give the same numbers.
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", str(executed),
+         "--nbval-kernel-name", "python3", "--rootdir", str(executed.parent)],
+        cwd=REPO / "notebooks", env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.notebook
+@pytest.mark.camvid
+@pytest.mark.parametrize("fold", [0, 1])
+def test_quickstart_on_camvid(fold):
+    root = camvid_root()
+    _, results = run_notebook(
+        "00_quickstart", f"quickstart_camvid_fold{fold}",
+        {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root), "FOLD": fold},
+    )
+    assert results["protocol"] == "cross_group"
+    for k, v in results["miou"].items():
+        assert 0.0 < v < 1.0, f"CamVid fold {fold} {k}-shot mIoU {v} is not a plausible score"
