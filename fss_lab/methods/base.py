@@ -87,6 +87,38 @@ class FewShotMethod(abc.ABC):
         )
 
 
+class GFSSMethod(abc.ABC):
+    """Generalized FSS: extend a base model to N novel classes from a support set, then segment queries into
+    background, the B base classes and the N novel classes at once.
+
+    Label space (:class:`fss_lab.data.class_maps.GFSSClassMap`): ``0`` background, ``1..B`` base, ``B+1..B+N`` novel,
+    ``255`` ignore. Constructors take what each method needs from the base model (its classifier, its head).
+    """
+
+    name: ClassVar[str] = "gfss-method"
+    transductive: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def fit(
+        self,
+        support_features: torch.Tensor,
+        support_labels: torch.Tensor,
+        query_features: torch.Tensor | None = None,
+    ) -> "GFSSMethod":
+        """Adapt to one support set.
+
+        Args:
+            support_features: float32 ``[S, D, h, w]`` features of the S support images.
+            support_labels: int64 ``[S, H, W]`` GFSS labels at image resolution (novel classes labelled; base pixels
+                labelled when the protocol provides them, else 0); 255 ignore.
+            query_features: float32 ``[Q, D, h, w]``; used by transductive methods (DIaM) only.
+        """
+
+    @abc.abstractmethod
+    def predict(self, query_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Logits ``[Q, 1 + B + N, H, W]`` (float32, not probabilities) at ``size`` pixels."""
+
+
 def check_support(support_features: torch.Tensor, support_masks: torch.Tensor) -> None:
     """Validate a support set's shapes and labels; ``ValueError`` names the tensor, its shape and the fix."""
     if support_features.dim() != 4:
