@@ -1,0 +1,1 @@
+"""Training, episodic evaluation, checkpoints, device and distributed helpers."""

@@ -1,0 +1,1 @@
+"""Backbones (registry), segmentation heads, frozen feature extraction and the feature cache."""
