@@ -1,0 +1,312 @@
+"""DIaM: Distilled Information Maximization, the transductive GFSS inference of Hajimiri et al. (CVPR 2023,
+"A Strong Baseline for Generalized Few-Shot Semantic Segmentation"; official code sinahmr/DIaM, src/classifier.py).
+
+The trained base model's 1x1 classifier is extended with one prototype per novel class, then every query image
+gets its own copy of the whole classifier (a *task*) and that copy is tuned on the frozen features by minimising
+
+    L = 100 * CE_s + 1 * KL(p_hat || pi) + 1 * H(Y|X) + 100 * KD          (terms in fss_lab.losses.infomax)
+
+with plain SGD. Here all tasks are optimised at once as one vectorised problem (parameters with a leading task
+dimension); ``fit(..., batched=False)`` runs the same algorithm one query at a time (the reference loop).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..data.base import IGNORE_INDEX
+from ..losses import infomax as im
+from .base import GFSSMethod
+
+PRIORS = ("self", "uniform", "imglvl", "oracle")
+TERMS = ("ce", "kl", "entropy", "kd", "loss")
+
+
+def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest down-sampling of label maps as the official code does it (``F.interpolate(mode="nearest")``).
+
+    Args:
+        labels: integer ``[N, H, W]`` (labels, or a 0/1 valid mask); size: ``(h, w)``.
+
+    Returns:
+        int64 ``[N, h, w]``.
+    """
+    return F.interpolate(labels[None].float(), size=size, mode="nearest")[0].long()
+
+
+def novel_prototypes(features: torch.Tensor, labels: torch.Tensor, class_ids: Sequence[int]) -> torch.Tensor:
+    """DIaM's novel weights: the mean support feature of each class, each then L2-normalised.
+
+    Args:
+        features: float ``[S, D, h, w]``; labels: int64 ``[S, h, w]`` at feature resolution; class_ids: N labels.
+
+    Returns:
+        float ``[N, D]``: ``w_c = m_c / (||m_c|| + 1e-10)``, ``m_c = sum_x [y=c] f(x) / (sum_x [y=c] + 1e-10)``
+        (zero for a class without a pixel).
+    """
+    protos = []
+    for c in class_ids:
+        mask = (labels == c).unsqueeze(1).to(features.dtype)  # [S, 1, h, w]
+        protos.append((mask * features).sum(dim=(0, 2, 3)) / (mask.sum(dim=(0, 2, 3)) + im.EPS))
+    w = torch.stack(protos)
+    return w / (w.norm(dim=1, keepdim=True) + im.EPS)
+
+
+def _support_probs(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities of the S support images under each task's classifier: features ``[D, S, h, w]``
+    (channel first, shared by the tasks), weight ``[T, C, D]``, bias ``[T, C]`` -> ``[T, S, C, h, w]`` (a
+    transposed view of a class-major tensor: one matmul for all tasks, softmax over a contiguous dim)."""
+    (t, c, d), (_, s, h, w) = weight.shape, features.shape
+    out = torch.addmm(bias.reshape(t * c, 1), weight.reshape(t * c, d), features.reshape(d, s * h * w))
+    return torch.softmax(out.view(t, c, s, h, w), dim=1).transpose(1, 2)
+
+
+def _query_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Logits of query image t under classifier copy t: features ``[T, D, h, w]`` -> ``[T, 1, C, h, w]``."""
+    t, d, h, w = features.shape
+    out = torch.einsum("tcd,tdp->tcp", weight, features.reshape(t, d, h * w)).view(t, 1, -1, h, w)  # p: pixel
+    return out + bias[:, None, :, None, None]
+
+
+class DIaM(GFSSMethod):
+    """DIaM transductive inference for generalized FSS (background + B base + N novel classes).
+
+    Args:
+        base_weight: float ``[1+B, D]`` (or the conv's ``[1+B, D, 1, 1]``) weights of the trained 1x1 classifier.
+        base_bias: float ``[1+B]``.
+        num_novel: N; shots: K support images per novel class (picks the CE background weight: 0.01 at K=1,
+            0.15 otherwise).
+        lr: SGD learning rate (no momentum). iterations: optimisation steps.
+        weights: ``(CE_s, KL to prior, H(Y|X), KD)`` multipliers.
+        prior: ``"self"`` (initial model's query marginal, re-estimated after each step listed in
+            ``prior_update_at``), ``"uniform"`` (1/C), ``"imglvl"`` (self-estimate with the classes absent from the
+            query's ground truth masked out; needs ``query_labels``) or ``"oracle"`` (true proportions at feature
+            resolution; needs ``query_labels``; the official name is "upperbound").
+        prior_update_at: step counts after which the "self" prior is re-estimated (official: after the 10th).
+        fine_tune_base: tune the base weights and biases too (official); False keeps them fixed.
+        snapshot_at: step counts (0 = before the first step) at which the query probabilities are stored in
+            ``snapshots`` (feature resolution), for the notebook's slider.
+        align_corners: of the bilinear up-sampling in :meth:`predict` (the official scoring uses True).
+        task_chunk: optimise at most this many queries at once (memory bound; results do not depend on it).
+
+    Defaults are the official ones (config/pascal.yaml). After :meth:`fit`: ``weight [T, C, D]``, ``bias [T, C]``,
+    ``prior [T, C]`` (final), ``initial_prior``, ``history`` (``{"ce", "kl", "entropy", "kd", "loss"}`` ->
+    ``[iterations, T]`` values before each step, and ``"marginal"`` -> ``[iterations, T, C]``), ``snapshots``
+    (``{step: probabilities [T, C, h, w]}``, on the features' device).
+
+    Raises:
+        ValueError: weights / bias of the wrong shape, no base class, ``num_novel`` or ``shots`` < 1, an unknown
+            prior, or ``weights`` not of length 4.
+    """
+
+    name: ClassVar[str] = "diam"
+    transductive: ClassVar[bool] = True
+    feature_source: ClassVar[str] = "bottleneck"
+
+    def __init__(self, base_weight: torch.Tensor, base_bias: torch.Tensor, num_novel: int, shots: int, *,
+                 lr: float = 0.00125, iterations: int = 100, weights: Sequence[float] = (100.0, 1.0, 1.0, 100.0),
+                 prior: str = "self", prior_update_at: Sequence[int] = (10,), fine_tune_base: bool = True,
+                 snapshot_at: Sequence[int] = (), align_corners: bool = True, task_chunk: int | None = None):
+        w = base_weight.detach()
+        w = w.flatten(1) if w.dim() == 4 and w.shape[2:] == (1, 1) else w
+        if w.dim() != 2 or base_bias.shape != (w.shape[0],):
+            raise ValueError(f"base_weight must be [1+B, D] and base_bias [1+B], got {tuple(base_weight.shape)} "
+                             f"and {tuple(base_bias.shape)}; pass classifier.weight and classifier.bias")
+        if w.shape[0] < 2 or num_novel < 1 or shots < 1 or iterations < 0:
+            raise ValueError(f"need >= 1 base class, num_novel >= 1, shots >= 1 and iterations >= 0; got "
+                             f"1+B={w.shape[0]}, num_novel={num_novel}, shots={shots}, iterations={iterations}")
+        if prior == "upperbound":
+            prior = "oracle"
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+        if len(weights) != 4:
+            raise ValueError(f"weights must be (CE, KL, H, KD), got {weights}")
+        self.base_weight, self.base_bias = w.clone(), base_bias.detach().clone()
+        self.num_novel, self.shots = int(num_novel), int(shots)
+        self.lr, self.iterations, self.weights = lr, int(iterations), tuple(float(x) for x in weights)
+        self.prior_name, self.prior_update_at = prior, tuple(prior_update_at)
+        self.fine_tune_base, self.snapshot_at = fine_tune_base, tuple(snapshot_at)
+        self.align_corners, self.task_chunk = align_corners, task_chunk
+        self.weight = self.bias = self.prior = self.initial_prior = None
+        self._fitted_queries: torch.Size | None = None
+        self.history: dict[str, torch.Tensor] = {}
+        self.snapshots: dict[int, torch.Tensor] = {}
+
+    @classmethod
+    def from_classifier(cls, classifier: torch.nn.Module, num_novel: int, shots: int, **kwargs) -> "DIaM":
+        """Build from a trained ``nn.Conv2d(D, 1+B, 1)`` (or ``nn.Linear``) classifier, e.g. ``PSPNet.classifier``."""
+        return cls(classifier.weight, classifier.bias, num_novel, shots, **kwargs)
+
+    @property
+    def num_base_and_bg(self) -> int:
+        """``1 + B``."""
+        return self.base_weight.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        """``C = 1 + B + N``."""
+        return self.num_base_and_bg + self.num_novel
+
+    # ---- fitting ---------------------------------------------------------------------------------------------
+
+    def fit(self, support_features: torch.Tensor, support_labels: torch.Tensor,
+            query_features: torch.Tensor | None = None, *, query_valid: torch.Tensor | None = None,
+            query_labels: torch.Tensor | None = None, batched: bool = True) -> "DIaM":
+        """Initialise the classifier from the support set and run the transductive inference on the queries.
+
+        Args:
+            support_features: float ``[S, D, h, w]`` (S = N * K). support_labels: int ``[S, H, W]`` GFSS labels;
+                base labels ``1..B`` count as background (the DIaM protocol), novel ``B+1..B+N``, 255 ignore.
+            query_features: float ``[Q, D, h, w]`` (required: DIaM is transductive).
+            query_valid: bool ``[Q, H, W]`` pixels that count in the query terms (official: ``label != 255``);
+                default ``query_labels != 255`` when labels are given, else every pixel.
+            query_labels: int ``[Q, H, W]`` GFSS labels, used only by the "imglvl" and "oracle" priors.
+            batched: False runs the reference loop, one query at a time (same results, slower).
+
+        Raises:
+            ValueError: missing query features, mismatched shapes, labels outside ``0..C-1``/255, S != N*K, or a
+                prior that needs ``query_labels`` without them.
+        """
+        fs, fq = support_features, query_features
+        if fq is None:
+            raise ValueError("DIaM is transductive: pass query_features [Q, D, h, w] to fit()")
+        d = self.base_weight.shape[1]
+        if fs.dim() != 4 or fq.dim() != 4 or fq.shape[0] == 0 or fs.shape[1:] != fq.shape[1:] or fs.shape[1] != d:
+            raise ValueError(f"support_features {tuple(fs.shape)} and query_features {tuple(fq.shape)} must be "
+                             f"[S|Q, {self.base_weight.shape[1]}, h, w] with the classifier's D and the same h, w")
+        if support_labels.shape[0] != fs.shape[0] or support_labels.dim() != 3:
+            raise ValueError(f"support_labels must be [S={fs.shape[0]}, H, W], got {tuple(support_labels.shape)}")
+        if fs.shape[0] // self.num_novel != self.shots:
+            raise ValueError(f"{fs.shape[0]} support images for {self.num_novel} novel classes is not "
+                             f"shots={self.shots} per class; build DIaM with shots={fs.shape[0] // self.num_novel}")
+        lab = support_labels.to(fs.device).long()
+        bad = (lab >= self.num_classes) & (lab != IGNORE_INDEX) | (lab < 0)
+        if bool(bad.any()):
+            raise ValueError(f"support labels {sorted(set(lab[bad].tolist()))} are outside 0..{self.num_classes - 1}"
+                             " and not 255; use the GFSS label space (GFSSClassMap)")
+        lab = lab.masked_fill((lab >= 1) & (lab < self.num_base_and_bg), 0)  # base pixels -> background
+        size = tuple(fs.shape[-2:])
+        ds_s = downsample_labels(lab, size)
+        novel_ids = range(self.num_base_and_bg, self.num_classes)
+        for c in novel_ids:
+            if not bool((ds_s == c).any()):
+                warnings.warn(f"novel class {c} has no support pixel at the feature size {size} (masks are "
+                              "down-sampled nearest); its prototype is 0", stacklevel=2)
+        w_novel = novel_prototypes(fs, ds_s, novel_ids)
+        if self.prior_name in ("imglvl", "oracle") and query_labels is None:
+            raise ValueError(f"prior={self.prior_name!r} needs query_labels [Q, H, W]")
+        if query_valid is None:
+            query_valid = (query_labels != IGNORE_INDEX) if query_labels is not None else torch.ones(
+                fq.shape[0], *size, dtype=torch.bool, device=fq.device)
+        if query_valid.shape[0] != fq.shape[0] or (query_labels is not None and query_labels.shape[0] != fq.shape[0]):
+            raise ValueError(f"query_valid / query_labels must have one map per query ({fq.shape[0]})")
+        valid_q = downsample_labels(query_valid.to(fq.device).long(), size).unsqueeze(1)  # [Q, 1, h, w]
+        ds_q = None if query_labels is None else downsample_labels(query_labels.to(fq.device).long(), size)
+        chunk = 1 if not batched else (self.task_chunk or fq.shape[0])
+        fs_t = fs.transpose(0, 1).contiguous()  # [D, S, h, w]: the support as one matrix for all tasks
+        parts = [self._optimise(fs_t, ds_s[None], w_novel, fq[i:i + chunk], valid_q[i:i + chunk],
+                                None if ds_q is None else ds_q[i:i + chunk, None])
+                 for i in range(0, fq.shape[0], chunk)]
+        self.weight, self.bias, self.prior, self.initial_prior = (torch.cat([p[k] for p in parts]) for k in range(4))
+        self.history = {k: torch.cat([p[4][k] for p in parts], dim=1) for k in parts[0][4]}
+        self.snapshots = {s: torch.cat([p[5][s] for p in parts]) for s in parts[0][5]}
+        self._fitted_queries = fq.shape
+        return self
+
+    def _estimate_prior(self, logits_q: torch.Tensor, valid_q: torch.Tensor, true_pi: torch.Tensor | None,
+                        kind: str) -> torch.Tensor:
+        """pi ``[T, C]`` from query logits ``[T, 1, C, h, w]`` (DIaM ``compute_pi``)."""
+        if kind == "oracle":
+            return true_pi
+        if kind == "uniform":
+            return torch.full((logits_q.shape[0], self.num_classes), 1 / self.num_classes, device=logits_q.device)
+        if kind == "imglvl":  # classes absent from the query's labels cannot be predicted
+            logits_q = logits_q.masked_fill((true_pi == 0)[:, None, :, None, None], float("-inf"))
+        return im.class_marginal(torch.softmax(logits_q, dim=2).detach(), valid_q)
+
+    @torch.enable_grad()  # callers may hold no_grad (evaluation loops); the inference needs gradients
+    def _optimise(self, fs, ds_s, w_novel, fq, valid_q, ds_q):
+        """Run the inference for T = len(fq) tasks at once; returns (weight, bias, prior, initial prior, history,
+        snapshots)."""
+        t, dev = fq.shape[0], fq.device
+        b1 = self.num_base_and_bg
+        wb = self.base_weight.to(dev).expand(t, -1, -1).clone().requires_grad_(self.fine_tune_base)
+        bb = self.base_bias.to(dev).expand(t, -1).clone().requires_grad_(self.fine_tune_base)
+        wn = w_novel.expand(t, -1, -1).clone().requires_grad_(True)
+        bn = torch.zeros(t, self.num_novel, device=dev, requires_grad=True)
+        params = [wn, bn] + ([wb, bb] if self.fine_tune_base else [])
+        optimizer = torch.optim.SGD(params, lr=self.lr)
+        l1, l2, l3, l4 = self.weights
+        with torch.no_grad():  # the frozen base classifier (distillation teacher)
+            snap = torch.softmax(_query_logits(fq, self.base_weight.to(dev)[None].expand(t, -1, -1),
+                                               self.base_bias.to(dev)[None].expand(t, -1)), dim=2)
+            true_pi = None if ds_q is None else im.valid_mean(im.one_hot(ds_q, self.num_classes), valid_q.unsqueeze(2),
+                                                              (1, 3, 4))
+            w, b = torch.cat([wb, wn], 1), torch.cat([bb, bn], 1)
+            prior = self._estimate_prior(_query_logits(fq, w, b), valid_q, true_pi, self.prior_name)
+        initial_prior = prior.clone()
+        hist = {k: [] for k in (*TERMS, "marginal")}  # kept on the device; moved once at the end (no sync per step)
+        snaps = {}
+        for it in range(self.iterations + 1):
+            w, b = torch.cat([wb, wn], 1), torch.cat([bb, bn], 1)
+            if it in self.snapshot_at:
+                snaps[it] = torch.softmax(_query_logits(fq, w, b), dim=2)[:, 0].detach()
+            if it == self.iterations:
+                break
+            proba_s = _support_probs(fs, w, b)
+            proba_q = torch.softmax(_query_logits(fq, w, b), dim=2)
+            kd = im.distillation_kl(proba_q, snap, valid_q, b1)
+            marginal = im.class_marginal(proba_q, valid_q)
+            kl = im.kl_to_prior(marginal, prior)
+            ent = im.conditional_entropy(proba_q, valid_q)
+            ce = im.support_cross_entropy(proba_s, ds_s, b1, self.shots)
+            loss = l1 * ce + l2 * kl + l3 * ent + l4 * kd
+            for k, v in zip((*TERMS, "marginal"), (ce, kl, ent, kd, loss, marginal)):
+                hist[k].append(v.detach())
+            optimizer.zero_grad()
+            loss.sum().backward()  # summed over tasks: each task's parameters get only their own gradient
+            optimizer.step()
+            if it + 1 in self.prior_update_at and self.prior_name == "self" and l2 != 0:
+                with torch.no_grad():
+                    w, b = torch.cat([wb, wn], 1), torch.cat([bb, bn], 1)
+                    prior = self._estimate_prior(_query_logits(fq, w, b), valid_q, None, "self")
+        w, b = torch.cat([wb, wn], 1).detach(), torch.cat([bb, bn], 1).detach()
+        empty = {k: torch.zeros(0, t, *([self.num_classes] if k == "marginal" else [])) for k in hist}
+        hist = {k: torch.stack(v).cpu() if v else empty[k] for k, v in hist.items()}
+        return w, b, prior, initial_prior, hist, snaps
+
+    # ---- prediction ------------------------------------------------------------------------------------------
+
+    def predict_proba(self, query_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Probabilities ``[Q, C, H, W]``: softmax at feature resolution, then bilinear up-sampling (official).
+
+        ``query_features`` must be the ``[Q, D, h, w]`` given to :meth:`fit` (query q uses classifier copy q).
+
+        Raises:
+            RuntimeError: called before :meth:`fit`. ValueError: a different number or shape of queries.
+        """
+        if self.weight is None:
+            raise RuntimeError("call fit() with the support set and these queries before predict()")
+        if query_features.shape != self._fitted_queries:
+            raise ValueError(f"DIaM tunes one classifier per query: predict() needs the queries given to fit() "
+                             f"{tuple(self._fitted_queries)}, got {tuple(query_features.shape)}")
+        with torch.no_grad():
+            p = torch.softmax(_query_logits(query_features, self.weight, self.bias), dim=2)[:, 0]
+        return F.interpolate(p, size=size, mode="bilinear", align_corners=self.align_corners)
+
+    def predict(self, query_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``log`` of :meth:`predict_proba` (clamped at the smallest normal float), ``[Q, 1+B+N, H, W]``.
+
+        These are log-probabilities, not raw logits: the official prediction is the argmax of up-sampled
+        *probabilities*, and ``log`` keeps that argmax while up-sampling logits would not.
+        """
+        p = self.predict_proba(query_features, size)
+        return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
+
+    def snapshot_predictions(self, size: tuple[int, int]) -> dict[int, torch.Tensor]:
+        """Predicted labels at each stored snapshot: ``{step: int64 [Q, H, W]}`` (same rule as :meth:`predict`)."""
+        return {s: F.interpolate(p, size=size, mode="bilinear", align_corners=self.align_corners).argmax(1)
+                for s, p in self.snapshots.items()}

@@ -1,0 +1,236 @@
+"""RePRI: Region Proportion Regularized Inference (Boudiaf et al., CVPR 2021, "Few-Shot Segmentation Without
+Meta-Learning: A Good Transductive Inference Is All You Need?"; official code mboudiaf/RePRI-for-Few-Shot-
+Segmentation, src/classifier.py and src/test.py).
+
+A binary classifier (one foreground prototype ``w`` and a scalar bias ``b``) on L2-normalised frozen features,
+``p_fg(x) = sigmoid(20 * cos(w, f(x)) - b)``, tuned per query by SGD on
+
+    L = CE_support + (1/K) * KL(p_hat_query || pi) + (1/K) * H(Y|X)_query
+
+where ``pi`` is the foreground/background proportion the initial model predicts on the query, re-estimated once
+(after the 9th step, when the KL weight also grows by 1). Every (episode, query) pair is one task with its own
+``(w, b)``; all tasks run at once as one vectorised problem, equal to the per-task loop (a test checks it).
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..data.base import IGNORE_INDEX
+from ..losses import infomax as im
+from .base import FewShotMethod, check_support
+from .diam import downsample_labels
+
+TERMS = ("ce", "kl", "entropy", "loss")
+
+
+def cosine_scores(features: torch.Tensor, prototypes: torch.Tensor, temperature: float, paired: bool) -> torch.Tensor:
+    """``temperature * f.w / (||w|| ||f|| + 1e-10)`` (the official ``get_logits``).
+
+    Args:
+        features: ``[E, M, D, h, w]``; prototypes: ``[E, Q, D]`` (Q tasks per episode).
+        paired: True when ``M == Q`` and image q belongs to task q only (the queries); False when every task
+            of an episode sees all M images (the supports).
+
+    Returns:
+        ``[E, Q, M, h, w]`` scaled cosines (``M = 1`` when paired).
+    """
+    fnorm = features.norm(dim=2)  # [E, M, h, w]
+    pnorm = prototypes.norm(dim=2)  # [E, Q]
+    if paired:  # e: episode, q: query = task, d: channel
+        dot = torch.einsum("eqdhw,eqd->eqhw", features, prototypes).unsqueeze(2)
+        denom = (pnorm[:, :, None, None] * fnorm).unsqueeze(2)
+    else:  # m: support image seen by every task q of episode e
+        dot = torch.einsum("emdhw,eqd->eqmhw", features, prototypes)
+        denom = pnorm[:, :, None, None, None] * fnorm[:, None]
+    return temperature * (dot / (denom + im.EPS))
+
+
+def binary_probs(scores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``[p_bg, p_fg]`` with ``p_fg = sigmoid(scores - b)``: scores ``[E, Q, M, h, w]``, bias ``[E, Q]`` ->
+    ``[E, Q, M, 2, h, w]``."""
+    fg = torch.sigmoid(scores - bias[:, :, None, None, None]).unsqueeze(3)
+    return torch.cat([1 - fg, fg], dim=3)
+
+
+class RePRI(FewShotMethod):
+    """RePRI transductive inference for 1-way K-shot FSS.
+
+    Args:
+        temperature: multiplies the cosine before the bias is subtracted (20).
+        lr: SGD learning rate (0.025). adapt_iter: the official loop count; it performs ``adapt_iter - 1``
+            steps (49 for 50).
+        weights: ``(CE, KL, H)``; ``"auto"`` = 1/K.
+        prior: ``"soft"`` (the initial model's FB proportion on the query, updated as below) or ``"oracle"``
+            (the true proportion; needs ``query_masks``; the paper's Oracle-RePRI used ``adapt_iter=300``,
+            ``weights=(1, 1, 0.1)``, scripts/oracle.sh).
+        prior_update_at: official ``FB_param_update``: after step ``u - 1`` the soft prior is re-estimated and
+            the KL weight increases by 1 (``(10,)``: after the 9th step).
+        normalize_features: L2-normalise the features over channels first (official ``norm_feat``).
+        align_corners: of the bilinear up-sampling of the scores in :meth:`predict` (official: True).
+
+    After fitting: ``prototypes [E, Q, D]``, ``bias [E, Q]``, ``prior [E, Q, 2]``, ``num_steps`` and ``history``
+    (``{"ce", "kl", "entropy", "loss"}`` -> ``[num_steps, E*Q]``, values before each step).
+    """
+
+    name: ClassVar[str] = "repri"
+    transductive: ClassVar[bool] = True
+    feature_source: ClassVar[str] = "bottleneck"
+
+    def __init__(self, *, temperature: float = 20.0, lr: float = 0.025, adapt_iter: int = 50,
+                 weights: Sequence[float | str] = (1.0, "auto", "auto"), prior: str = "soft",
+                 prior_update_at: Sequence[int] = (10,), normalize_features: bool = True, align_corners: bool = True):
+        if prior not in ("soft", "oracle"):
+            raise ValueError(f"prior must be 'soft' or 'oracle', got {prior!r}")
+        bad = len(weights) != 3 or isinstance(weights[0], str)
+        if bad or any(isinstance(x, str) and x != "auto" for x in weights[1:]):
+            raise ValueError(f"weights must be (CE, KL, H) with numbers or 'auto' for KL and H, got {weights}")
+        if adapt_iter < 1:
+            raise ValueError(f"adapt_iter must be >= 1, got {adapt_iter}")
+        self.temperature, self.lr, self.adapt_iter, self.weights = temperature, lr, int(adapt_iter), tuple(weights)
+        self.prior_name, self.prior_update_at = prior, tuple(prior_update_at)
+        self.normalize_features, self.align_corners = normalize_features, align_corners
+        self.prototypes = self.bias = self.prior = None
+        self.history: dict[str, torch.Tensor] = {}
+
+    @property
+    def num_steps(self) -> int:
+        """Optimisation steps performed: ``adapt_iter - 1`` (official loop ``range(1, adapt_iter)``)."""
+        return self.adapt_iter - 1
+
+    def fit(self, support_features, support_masks, query_features=None, *, query_masks=None, query_valid=None,
+            batched: bool = True) -> "RePRI":
+        """Fit one episode; each of its Q queries is its own task.
+
+        Args:
+            support_features: float ``[K, D, h, w]``; support_masks: int ``[K, H, W]`` in {0, 1, 255}.
+            query_features: float ``[Q, D, h, w]`` (required).
+            query_masks: int ``[Q, H, W]`` in {0, 1, 255}: their 255 pixels are left out of the query terms (as
+                in the official code) and the oracle prior reads them. query_valid: bool ``[Q, H, W]`` overrides
+                the valid pixels (default: ``query_masks != 255``, else every pixel).
+            batched: False loops over the queries one task at a time (the reference; same results).
+
+        Raises:
+            ValueError: missing query features, shapes that do not match, a support mask without foreground or
+                with labels other than 0/1/255, a query without a valid pixel, ``prior="oracle"`` without
+                ``query_masks``.
+        """
+        if query_features is None:
+            raise ValueError("RePRI is transductive: pass query_features [Q, D, h, w] to fit()")
+        add = (lambda x: None if x is None else x[None])  # noqa: E731  one episode
+        self._run(add(support_features), add(support_masks), add(query_features), add(query_masks), add(query_valid),
+                  batched)
+        return self
+
+    def predict(self, query_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``log [p_bg, p_fg]`` ``[Q, 2, H, W]`` for the queries given to :meth:`fit` (scores are up-sampled
+        bilinearly, then the bias and the sigmoid are applied, as in the official code; log-probabilities keep
+        the argmax of the official probabilities).
+
+        Raises:
+            RuntimeError: not fitted on one episode. ValueError: not the number of queries given to fit.
+        """
+        if self.prototypes is None or self.prototypes.shape[0] != 1:
+            raise RuntimeError("call fit() with a support set and these queries before predict()")
+        return self._predict(query_features[None], size)[0]
+
+    def fit_predict_episodes(self, support_features, support_masks, query_features, size, *, query_masks=None,
+                             query_valid=None, batched: bool = True):
+        """Vectorised over E episodes x Q queries: ``[E, K, D, h, w]``, ``[E, K, H, W]``, ``[E, Q, D, h, w]`` ->
+        log-probabilities ``[E, Q, 2, H, W]``. ``batched=False`` runs one task at a time (the reference loop).
+        ``query_masks`` / ``query_valid``: ``[E, Q, H, W]``, as in :meth:`fit`. Raises as :meth:`fit`."""
+        self._run(support_features, support_masks, query_features, query_masks, query_valid, batched)
+        return self._predict(query_features, size)
+
+    # ---- internals -------------------------------------------------------------------------------------------
+
+    def _features(self, f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(f, dim=2) if self.normalize_features else f
+
+    def _predict(self, fq: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(fq.shape[:2]) != tuple(self.prototypes.shape[:2]):
+            raise ValueError(f"RePRI tunes one classifier per query: predict needs the (episodes, queries) = "
+                             f"{tuple(self.prototypes.shape[:2])} given to fit, got {tuple(fq.shape[:2])}")
+        with torch.no_grad():
+            s = cosine_scores(self._features(fq), self.prototypes, self.temperature, paired=True)  # [E, Q, 1, h, w]
+            e, q = s.shape[:2]
+            s = F.interpolate(s.view(e * q, 1, *s.shape[-2:]), size=size, mode="bilinear",
+                              align_corners=self.align_corners).view(e, q, 1, *size)
+            p = binary_probs(s, self.bias)[:, :, 0]
+        return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
+
+    def _run(self, fs, ms, fq, mq, vq, batched):
+        e, k, d, h, w = fs.shape
+        if fq.dim() != 5 or fq.shape[0] != e or fq.shape[2:] != (d, h, w) or ms.shape[:2] != (e, k):
+            raise ValueError(f"support features {tuple(fs.shape)}, masks {tuple(ms.shape)} and query features "
+                             f"{tuple(fq.shape)} do not form [E, K, D, h, w], [E, K, H, W], [E, Q, D, h, w]")
+        check_support(fs.reshape(e * k, d, h, w), ms.flatten(0, 1))
+        if self.prior_name == "oracle" and mq is None:
+            raise ValueError("prior='oracle' needs query_masks [Q, H, W] (the true foreground proportion)")
+        q = fq.shape[1]
+        if vq is None:
+            vq = (mq != IGNORE_INDEX) if mq is not None else torch.ones(e, q, h, w, dtype=torch.bool, device=fq.device)
+        valid = downsample_labels(vq.flatten(0, 1).long().to(fq.device), (h, w)).view(e, q, 1, h, w)
+        if bool((valid.sum(dim=(2, 3, 4)) == 0).any()):
+            raise ValueError("a query has no valid pixel at the feature size; check query_masks / query_valid")
+        ds_s = downsample_labels(ms.flatten(0, 1).long().to(fs.device), (h, w)).view(e, k, h, w)
+        ds_q = None if mq is None else downsample_labels(mq.flatten(0, 1).long().to(fq.device), (h, w))
+        ds_q = None if ds_q is None else ds_q.view(e, q, 1, h, w)
+        fs, fq = self._features(fs), self._features(fq)
+        if batched:
+            out = [self._optimise(fs, ds_s, fq, valid, ds_q)]
+        else:
+            out = [self._optimise(fs[i:i + 1], ds_s[i:i + 1], fq[i:i + 1, j:j + 1], valid[i:i + 1, j:j + 1],
+                                  None if ds_q is None else ds_q[i:i + 1, j:j + 1]) for i in range(e) for j in range(q)]
+        self.prototypes, self.bias, self.prior = (torch.cat([o[n] for o in out]).view(e, q, *out[0][n].shape[2:])
+                                                  for n in range(3))
+        self.history = {t: torch.cat([o[3][t] for o in out], dim=1) for t in TERMS}
+
+    @torch.enable_grad()  # callers may hold no_grad (evaluation loops); the inference needs gradients
+    def _optimise(self, fs, ds_s, fq, valid, ds_q):
+        """Tasks = the E x Q (episode, query) pairs of the inputs; returns prototypes, bias, prior [E*Q, ...] and
+        the loss history."""
+        e, q = fq.shape[:2]
+        fg = (ds_s == 1).unsqueeze(2).to(fs.dtype)  # [E, K, 1, h, w]
+        proto = (fs * fg).sum(dim=(1, 3, 4)) / (fg.sum(dim=(1, 3, 4)) + im.EPS)  # [E, D], all shots pooled
+        proto = proto[:, None].expand(e, q, -1).clone()
+        bias = cosine_scores(fq, proto, self.temperature, paired=True).mean(dim=(2, 3, 4)).detach()  # all pixels
+        vq = valid.flatten(0, 1)  # [T, 1, h, w] with T = E*Q tasks
+        lab_s = ds_s[:, None].expand(-1, q, -1, -1, -1).flatten(0, 1)  # [T, K, h, w]
+
+        def query_probs():
+            return binary_probs(cosine_scores(fq, proto, self.temperature, paired=True), bias).flatten(0, 1)
+
+        with torch.no_grad():
+            if self.prior_name == "oracle":
+                prior = im.binary_marginal(im.one_hot(ds_q.flatten(0, 1), 2), vq)
+            else:
+                prior = im.binary_marginal(query_probs(), vq)
+        shots = torch.full((e * q,), float(fs.shape[1]), device=fq.device)
+        l1 = self.weights[0]
+        l2, l3 = (1 / shots if x == "auto" else float(x) * torch.ones_like(shots) for x in self.weights[1:])
+        proto.requires_grad_(True)
+        bias.requires_grad_(True)
+        optimizer = torch.optim.SGD([proto, bias], lr=self.lr)
+        hist = {t: [] for t in TERMS}  # on the device; moved once at the end
+        for step in range(self.num_steps):
+            p_s = binary_probs(cosine_scores(fs, proto, self.temperature, paired=False), bias).flatten(0, 1)
+            p_q = query_probs()
+            kl = im.binary_kl_to_prior(im.binary_marginal(p_q, vq), prior)
+            ent = im.binary_conditional_entropy(p_q, vq)
+            ce = im.binary_cross_entropy(p_s, lab_s)
+            loss = l1 * ce + l2 * kl + l3 * ent
+            for t, v in zip(TERMS, (ce, kl, ent, loss)):
+                hist[t].append(v.detach())
+            optimizer.zero_grad()
+            loss.sum().backward()
+            optimizer.step()
+            # official: loop index i = step + 1; update when i + 1 is listed, i.e. after step number u - 1
+            if step + 2 in self.prior_update_at and self.prior_name != "oracle" and float(l2.sum()) != 0:
+                with torch.no_grad():
+                    prior = im.binary_marginal(query_probs(), vq)
+                l2 = l2 + 1
+        hist = {t: torch.stack(v).cpu() if v else torch.zeros(0, e * q) for t, v in hist.items()}
+        return proto.detach().flatten(0, 1)[:, None], bias.detach().flatten()[:, None], prior[:, None], hist
