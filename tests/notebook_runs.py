@@ -44,6 +44,11 @@ def write_summary(terminalreporter) -> None:
     tr = terminalreporter
     tr.section("notebook results (measured in this run)")
     for r in NOTEBOOK_RESULTS:
+        if r.get("summary_lines"):
+            tr.write_line(f"{r['notebook']} [{r['run']}] dataset={r.get('dataset')} fold={r.get('fold')} ({r['wall_s']} s)")
+            for line in r["summary_lines"]:
+                tr.write_line(f"    {line}")
+            continue
         miou = r.get("miou", {})
         fb = r.get("fb_iou", {})
         shots = "  ".join(

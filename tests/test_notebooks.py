@@ -64,3 +64,13 @@ def test_quickstart_on_camvid(fold):
     assert results["protocol"] == "cross_group"
     for k, v in results["miou"].items():
         assert 0.0 < v < 1.0, f"CamVid fold {fold} {k}-shot mIoU {v} is not a plausible score"
+
+
+@pytest.mark.notebook
+def test_infomax_diam_notebook_on_default_data():
+    _, results = run_notebook("04_infomax_diam", "infomax_diam_synthetic", {"QUICK": True})
+    methods = {r["method"] for r in results["comparison"]}
+    assert methods == {"prototype", "fine-tuning", "DIaM"}
+    for row in results["comparison"] + results["ablation"] + results["priors"]:
+        assert 0.0 <= row["base"] <= 1.0 and 0.0 <= row["novel"] <= 1.0
+    assert {r["method"] for r in results["repri"]} == {"prototype", "repri"}

@@ -114,6 +114,7 @@ def build_run(cfg: dict) -> tuple[PSPNet, BaseTrainingSet, BaseTrainingSet | Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry (also under ``torchrun``): parse ``argv``, train, write the checkpoint; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m fss_lab.engine.train_cli", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="JSON or YAML config file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

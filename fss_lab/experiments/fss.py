@@ -13,14 +13,14 @@ from typing import Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from .data import EpisodeList, PairTransform, TransformedItems, create_dataset, sample_fss_episodes
-from .data.episode import Episode
-from .data.episodic import EpisodeDataset
-from .engine.device import resolve_device
-from .engine.evaluate import FSSResult, evaluate_fss
-from .methods.base import FewShotMethod
-from .models.backbones import create_backbone
-from .models.features import FeatureCache, FeatureExtractor
+from ..data import EpisodeList, PairTransform, TransformedItems, create_dataset, sample_fss_episodes
+from ..data.episode import Episode
+from ..data.episodic import EpisodeDataset
+from ..engine.device import resolve_device
+from ..engine.evaluate import FSSResult, evaluate_fss
+from ..methods.base import FewShotMethod
+from ..models.backbones import create_backbone
+from ..models.features import FeatureCache, FeatureExtractor
 
 #: Per-dataset defaults: image size (H, W), transform mode and episode protocol.
 #: "same_split": queries and supports from the val split (PFENet/BAM/RePRI). "cross_group": queries from val,

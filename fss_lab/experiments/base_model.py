@@ -1,0 +1,164 @@
+"""The base model of a fold: a PSPNet trained on the base classes, loaded from its checkpoint when one exists.
+
+Every paper notebook needs one. :func:`get_base_model` names the checkpoint after the recipe (dataset, fold,
+backbone, novel-pixel policy, scale, contrastive weight, seed), so the first notebook that needs a model trains it
+and the others reuse it; a killed run resumes from its last checkpoint (written atomically).
+
+Two recipes:
+
+* ``quick=True`` (CPU, minutes): frozen ImageNet backbone, its features cached once, only the PSPNet head trained;
+  augmentation reduced to horizontal flips; loss on every 4th label pixel.
+* ``quick=False`` (GPU): the whole network trained with random scale/crop/flip, RePRI/DIaM's optimiser
+  (SGD Nesterov, cosine lr 2.5e-3, label smoothing 0.1, batch 12) and the auxiliary loss (0.4).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from ..data import PairTransform, create_dataset
+from ..data.base_training import BaseTrainingSet
+from ..data.class_maps import GFSSClassMap
+from ..engine.train import TrainConfig, TrainHistory, train_base
+from ..models.pspnet import PSPNet
+from .fss import DATASET_DEFAULTS
+
+#: Training length and optimiser of the two recipes (keywords of :class:`~fss_lab.engine.train.TrainConfig`).
+RECIPES: dict[str, dict] = {
+    "quick": dict(iterations=300, batch_size=8, lr=0.1, schedule="poly", label_smoothing=0.1, eval_every=100,
+                  checkpoint_every=100, freeze_backbone=True, cache_backbone_features=True, loss_stride=4),
+    "full": dict(epochs=50, batch_size=12, lr=2.5e-3, schedule="cosine", label_smoothing=0.1, aux_weight=0.4,
+                 eval_every=1000, checkpoint_every=500),
+}
+
+
+@dataclass
+class BaseModelConfig:
+    """How to obtain a fold's base model.
+
+    Attributes:
+        dataset / data_root / fold: the data (see :func:`fss_lab.data.create_dataset`).
+        backbone: a registered backbone for the PSPNet.
+        novel_policy: ``"ignore"`` (RePRI / DIaM), ``"background"`` (BAM) or ``"drop"`` (GFS-Seg).
+        image_size: ``(H, W)``; default: the dataset's (:data:`~fss_lab.experiments.fss.DATASET_DEFAULTS`).
+        quick: the CPU recipe (True) or the GPU recipe (False), see :data:`RECIPES`.
+        overrides: :class:`TrainConfig` fields that replace the recipe's (e.g. ``{"iterations": 50}``).
+        contrastive_weight: lambda of seed 002's pixel contrastive term (0 = plain CE).
+        contrastive_max_views: pixels a class needs to be sampled by the contrastive term (official 100 at 473
+            pixels; the generated data's 12x12 feature maps need about 4).
+        seed / device / cache_dir: training seed, device, and where checkpoints live.
+    """
+
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    fold: int = 0
+    backbone: str = "efficientnet_lite0"
+    novel_policy: str = "ignore"
+    image_size: tuple[int, int] | None = None
+    quick: bool = True
+    overrides: dict = dataclasses.field(default_factory=dict)
+    contrastive_weight: float = 0.0
+    contrastive_max_views: int = 4
+    seed: int = 0
+    device: str = "auto"
+    cache_dir: str = "results/base_models"
+
+    def resolved_size(self) -> tuple[int, int]:
+        """The image size in pixels, the dataset default filled in."""
+        defaults = DATASET_DEFAULTS.get(self.dataset, DATASET_DEFAULTS["folder"])
+        return tuple(self.image_size or defaults["image_size"])
+
+    def checkpoint_path(self) -> Path:
+        """``<cache_dir>/<dataset>_fold<f>_<backbone>_<policy>_<quick|full>_<HxW>[_ctr<lambda>]_s<seed>.pt``."""
+        h, w = self.resolved_size()
+        ctr = f"_ctr{self.contrastive_weight:g}" if self.contrastive_weight else ""
+        extra = "".join(f"_{k}{v}" for k, v in sorted(self.overrides.items()))
+        scale = "quick" if self.quick else "full"
+        name = f"{self.dataset}_fold{self.fold}_{self.backbone}_{self.novel_policy}_{scale}_{h}x{w}{ctr}{extra}_s{self.seed}.pt"
+        return Path(self.cache_dir) / name
+
+    def train_config(self) -> TrainConfig:
+        """The :class:`TrainConfig` of this recipe (with the contrastive term when its weight is > 0)."""
+        fields = {**RECIPES["quick" if self.quick else "full"], **self.overrides}
+        extra_loss = None
+        if self.contrastive_weight:
+            from ..losses.contrastive import ContrastiveTerm
+
+            extra_loss = ContrastiveTerm(weight=self.contrastive_weight, max_views=self.contrastive_max_views,
+                                         seed=self.seed)
+        return TrainConfig(**fields, seed=self.seed, device=self.device, extra_loss=extra_loss)
+
+
+class BaseModel(NamedTuple):
+    """A trained base model and what comes with it."""
+
+    model: PSPNet
+    class_map: GFSSClassMap
+    history: TrainHistory
+    checkpoint: Path
+    transform: PairTransform
+    config: BaseModelConfig
+
+
+def get_base_model(config: BaseModelConfig, progress: bool = True) -> BaseModel:
+    """Load the fold's base model from its checkpoint, or train it (resuming a partial checkpoint).
+
+    Args:
+        config: the recipe; its :meth:`~BaseModelConfig.checkpoint_path` names the checkpoint.
+        progress: ``tqdm.auto`` bars while training (``TQDM_DISABLE=1`` silences them).
+
+    Returns:
+        :class:`BaseModel` with the model in eval mode, the fold's :class:`GFSSClassMap`, the training history
+        (loss curve and base mIoU on the val split), the checkpoint path and the transform the model expects.
+
+    Raises:
+        DatasetError: unknown dataset/fold; CheckpointError: a checkpoint written with another recipe.
+    """
+    train_ds = create_dataset(config.dataset, config.data_root, split="train")
+    val_ds = create_dataset(config.dataset, config.data_root, split="val")
+    class_map = GFSSClassMap.from_fold(train_ds, config.fold)
+    model = PSPNet(config.backbone, num_classes=1 + class_map.num_base, freeze_backbone=config.quick)
+    pre = model.backbone.preprocessing
+    mode = DATASET_DEFAULTS.get(config.dataset, DATASET_DEFAULTS["folder"])["transform_mode"]
+    transform = PairTransform(config.resolved_size(), mode, tuple(pre.mean), tuple(pre.std))
+    train_set = BaseTrainingSet(train_ds, class_map, config.novel_policy, transform, augment=not config.quick,
+                                seed=config.seed)
+    val_set = BaseTrainingSet(val_ds, class_map, "ignore", transform, augment=False)
+    path = config.checkpoint_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    history = train_base(model, train_set, val_set, config.train_config(), checkpoint_path=path, resume=True,
+                         progress=progress)
+    model.eval()
+    return BaseModel(model, class_map, history, path, transform, config)
+
+
+class ModelFeatures(torch.nn.Module):
+    """A frozen view of a base model for :class:`~fss_lab.models.features.FeatureCache`:
+    ``images [B, 3, H, W] -> features [B, C, h, w]``.
+
+    Args:
+        model: a trained :class:`PSPNet` (kept in eval mode, no gradients).
+        source: ``"bottleneck"`` (``model.features``: what the classifier sees; DIaM, RePRI, last-layer
+            fine-tuning) or ``"backbone"`` (``model.backbone_features``: fine-tuning all layers after the backbone).
+    """
+
+    def __init__(self, model: PSPNet, source: str = "bottleneck"):
+        super().__init__()
+        if source not in ("bottleneck", "backbone"):
+            raise ValueError(f"source must be 'bottleneck' or 'backbone', got {source!r}")
+        self.model, self.source = model, source
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        images = images.to(self.device)
+        out = self.model.features(images) if self.source == "bottleneck" else self.model.backbone_features(images)
+        return out.float()
