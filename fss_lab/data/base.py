@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import abc
 import json
+import os
+import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -308,6 +310,37 @@ def check_list_files(pairs: Sequence[tuple[Path, Path]], list_path: str | Path) 
                 raise DatasetError(
                     f"{list_path} names {p}, which does not exist. Restore the file or remove its line from the list."
                 )
+
+
+def save_json_atomic(data: dict, path: str | Path) -> Path:
+    """Write ``data`` as JSON atomically (temporary file in the same folder, then rename); returns the path.
+
+    A crash mid-write never leaves a half-written file under ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+    return path
+
+
+def read_format_json(path: str | Path, fmt: str, what: str) -> dict:
+    """Read a JSON file written with ``{"format": fmt, ...}``.
+
+    Raises:
+        DatasetError: unreadable or malformed file, or another format (names the file, both formats and ``what``).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"cannot read {what} {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise DatasetError(f"{path} is not an fss_lab {what} (format {found!r}, want {fmt})")
+    return data
 
 
 def load_json(path: str | Path) -> dict:

@@ -32,9 +32,6 @@ every val image a query. Support labels come in two forms (:func:`gfss_support_l
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +40,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .base import DatasetError, SegmentationDataset
+from .base import DatasetError, SegmentationDataset, read_format_json, save_json_atomic
 from .class_maps import GFSSClassMap
 
 FORMAT = "fss_lab.gfss_runs/1"
@@ -132,13 +129,7 @@ class GFSSRuns:
 
     def save(self, path: str | Path) -> Path:
         """Write the runs as JSON atomically (temporary file + rename); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_json(), f)
-        os.replace(tmp, path)
-        return path
+        return save_json_atomic(self.to_json(), path)
 
     @classmethod
     def load(cls, path: str | Path, query_dataset: SegmentationDataset | None = None,
@@ -148,13 +139,7 @@ class GFSSRuns:
         Raises:
             DatasetError: unreadable file, another format, or an id mismatch (the runs were made on other data).
         """
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DatasetError(f"cannot read GFSS runs {path}: {exc}") from exc
-        if data.get("format") != FORMAT:
-            raise DatasetError(f"{path} is not an fss_lab GFSS run file (format {data.get('format')!r}, want {FORMAT})")
+        data = read_format_json(path, FORMAT, "GFSS run file")
         out = cls([GFSSRun.from_json(r) for r in data["runs"]], data.get("meta", {}))
         if query_dataset is not None:
             out.check_matches(query_dataset, support_dataset or query_dataset, source=str(path))

@@ -16,9 +16,6 @@ data is refused when loaded.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .base import DatasetError, SegmentationDataset
+from .base import DatasetError, SegmentationDataset, read_format_json, save_json_atomic
 
 FORMAT = "fss_lab.episodes/1"
 
@@ -79,13 +76,7 @@ class EpisodeList:
 
     def save(self, path: str | Path) -> Path:
         """Write the list as JSON atomically (temporary file + rename); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_json(), f)
-        os.replace(tmp, path)
-        return path
+        return save_json_atomic(self.to_json(), path)
 
     @classmethod
     def load(
@@ -100,13 +91,7 @@ class EpisodeList:
             DatasetError: unreadable file, unknown format, or an image id that differs from the dataset's
                 (the list was made on other data: re-sample it).
         """
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DatasetError(f"cannot read episode list {path}: {exc}") from exc
-        if data.get("format") != FORMAT:
-            raise DatasetError(f"{path} is not an fss_lab episode list (format {data.get('format')!r}, want {FORMAT})")
+        data = read_format_json(path, FORMAT, "episode list")
         episodes = [
             EpisodeSpec(
                 class_id=int(e["class_id"]),
