@@ -33,6 +33,9 @@ class GFSSConfig:
         max_queries: cap the queries per run (``None``: all; QUICK runs use fewer).
         min_area: the support area rule (see :func:`fss_lab.data.gfss.gfss_runs`; ``"dataset"`` on the generated
             data, whose objects are smaller than DIaM's 9.4%-of-the-image rule).
+        support_split: ``None`` (the protocol's default) or ``"train"`` to draw supports from the training split
+            (CamVid: its val frames are one clip, so supports must come from the other videos).
+        cross_group / only_one_novel: see :func:`fss_lab.data.gfss.gfss_runs` (CamVid needs ``True`` / ``False``).
         base: how to obtain the base model (default: the quick recipe of this dataset and fold).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
     """
@@ -46,12 +49,27 @@ class GFSSConfig:
     base_shots: bool = True
     max_queries: int | None = None
     min_area: int | str | None = None
+    support_split: str | None = None
+    cross_group: bool = False
+    only_one_novel: bool = True
     base: BaseModelConfig | None = None
     device: str = "auto"
 
     def base_config(self) -> BaseModelConfig:
         """The base-model recipe (the given one, or the quick one of this dataset and fold)."""
         return self.base or BaseModelConfig(self.dataset, self.data_root, self.fold, device=self.device)
+
+
+def gfss_config_for(dataset: str, data_root: str | None, fold: int, **kwargs) -> GFSSConfig:
+    """The :class:`GFSSConfig` a notebook wants for ``dataset``: the generated data use their own area rule; CamVid
+    draws supports from the other videos' training frames (cross-video) and allows several novel classes per
+    support image (street scenes always hold several). ``kwargs`` override any field."""
+    if dataset == "synthetic":
+        kwargs.setdefault("min_area", "dataset")
+    if dataset == "camvid":
+        kwargs = {"min_area": "dataset", "support_split": "train", "cross_group": True, "only_one_novel": False,
+                  **kwargs}
+    return GFSSConfig(dataset, data_root, fold, **kwargs)
 
 
 class GFSSExperiment:
@@ -70,7 +88,7 @@ class GFSSExperiment:
         self.model, self.class_map = self.base.model.to(self.device), self.base.class_map
         self.query_dataset = create_dataset(cfg.dataset, cfg.data_root, split="val")
         self.support_dataset = (create_dataset(cfg.dataset, cfg.data_root, split="train")
-                                if cfg.protocol == "gfs-seg" else self.query_dataset)
+                                if cfg.protocol == "gfs-seg" or cfg.support_split == "train" else self.query_dataset)
         self.items = TransformedItems(self.query_dataset, self.base.transform)
         self.support_items = (self.items if self.support_dataset is self.query_dataset
                               else TransformedItems(self.support_dataset, self.base.transform))
@@ -93,7 +111,8 @@ class GFSSExperiment:
             self._runs[shots] = gfss_runs(
                 self.query_dataset, cfg.fold, shots, cfg.n_runs, cfg.seed, protocol=cfg.protocol,
                 support_dataset=None if self.support_dataset is self.query_dataset else self.support_dataset,
-                min_area=cfg.min_area, base_shots=shots if cfg.base_shots else 0, max_queries=cfg.max_queries)
+                min_area=cfg.min_area, base_shots=shots if cfg.base_shots else 0, max_queries=cfg.max_queries,
+                cross_group=cfg.cross_group, only_one_novel=cfg.only_one_novel)
         return self._runs[shots]
 
     @staticmethod
