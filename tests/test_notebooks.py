@@ -74,3 +74,18 @@ def test_infomax_diam_notebook_on_default_data():
     for row in results["comparison"] + results["ablation"] + results["priors"]:
         assert 0.0 <= row["base"] <= 1.0 and 0.0 <= row["novel"] <= 1.0
     assert {r["method"] for r in results["repri"]} == {"prototype", "repri"}
+
+
+@pytest.mark.notebook
+def test_base_training_notebook_on_default_data():
+    _, results = run_notebook("01_base_training", "base_training_synthetic", {"QUICK": True})
+    assert 0.3 < results["base_miou"] <= 1.0, "a QUICK base model must learn the base classes"
+
+
+@pytest.mark.notebook
+def test_gfss_finetuning_notebook_on_default_data():
+    _, results = run_notebook("02_gfss_finetuning_triplet", "finetuning_synthetic", {"QUICK": True})
+    assert {r["shots"] for r in results["shots"]} == {1, 5, 10}
+    assert len(results["strategies"]) == 3
+    for row in results["shots"] + results["strategies"]:
+        assert 0.0 <= row["base"] <= 1.0 and 0.0 <= row["novel"] <= 1.0
