@@ -89,3 +89,9 @@ def test_gfss_finetuning_notebook_on_default_data():
     assert len(results["strategies"]) == 3
     for row in results["shots"] + results["strategies"]:
         assert 0.0 <= row["base"] <= 1.0 and 0.0 <= row["novel"] <= 1.0
+
+
+@pytest.mark.notebook
+def test_contrastive_distillation_notebook_on_default_data():
+    _, results = run_notebook("03_contrastive_distillation", "contrastive_synthetic", {"QUICK": True})
+    assert len(results["pretraining"]) == 2 and len(results["gamma"]) == 4 and len(results["heads"]) == 2
