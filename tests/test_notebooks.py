@@ -95,3 +95,12 @@ def test_gfss_finetuning_notebook_on_default_data():
 def test_contrastive_distillation_notebook_on_default_data():
     _, results = run_notebook("03_contrastive_distillation", "contrastive_synthetic", {"QUICK": True})
     assert len(results["pretraining"]) == 2 and len(results["gamma"]) == 4 and len(results["heads"]) == 2
+
+
+@pytest.mark.notebook
+@pytest.mark.camvid
+def test_gfss_finetuning_notebook_on_camvid_fold0():
+    root = camvid_root()
+    _, results = run_notebook("02_gfss_finetuning_triplet", "finetuning_camvid_fold0",
+                              {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root), "FOLD": 0, "SHOTS": [1, 5]})
+    assert {r["shots"] for r in results["shots"]} == {1, 5}

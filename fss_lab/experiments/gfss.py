@@ -62,13 +62,15 @@ class GFSSConfig:
 
 def gfss_config_for(dataset: str, data_root: str | None, fold: int, **kwargs) -> GFSSConfig:
     """The :class:`GFSSConfig` a notebook wants for ``dataset``: the generated data use their own area rule; CamVid
-    draws supports from the other videos' training frames (cross-video) and allows several novel classes per
-    support image (street scenes always hold several). ``kwargs`` override any field."""
+    draws supports from the other videos' training frames (cross-video), allows several novel classes per
+    support image, and draws no separate base shots: every street frame holds some novel class, so no image
+    qualifies as a base-only shot, while the novel supports (fully labelled for fine-tuning) already show every
+    base class. ``kwargs`` override any field."""
     if dataset == "synthetic":
         kwargs.setdefault("min_area", "dataset")
     if dataset == "camvid":
         kwargs = {"min_area": "dataset", "support_split": "train", "cross_group": True, "only_one_novel": False,
-                  **kwargs}
+                  "base_shots": False, **kwargs}
     return GFSSConfig(dataset, data_root, fold, **kwargs)
 
 
