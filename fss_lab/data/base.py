@@ -269,6 +269,26 @@ class SegmentationDataset(abc.ABC):
             raise IndexError(f"{self.name}/{self.split}: index {index} out of range 0..{len(self) - 1}")
 
 
+class ListDataset(SegmentationDataset):
+    """A :class:`SegmentationDataset` backed by a PFENet-style list: ``self._pairs`` holds ``(image, label)`` paths.
+
+    Subclasses set ``_pairs`` (e.g. from :func:`read_list_file`); item ids are the image file stems.
+    """
+
+    _pairs: list[tuple[Path, Path]]
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def image_id(self, index: int) -> str:
+        """The image file stem, e.g. ``"2008_000008"`` (VOC) or ``"COCO_val2014_000000429717"``."""
+        self._check_index(index)
+        return self._pairs[index][0].stem
+
+    def _paths(self, index: int) -> tuple[Path, Path]:
+        return self._pairs[index]
+
+
 def read_list_file(list_path: str | Path, root: str | Path) -> list[tuple[Path, Path]]:
     """Read a PFENet-style list: one ``<image path> <label path>`` pair per line, relative to ``root``.
 

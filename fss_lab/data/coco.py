@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DatasetError, SegmentationDataset
+from .base import DatasetError, ListDataset
 from .pascal import load_list
 
 COCO_CLASS_NAMES = (
@@ -38,7 +38,7 @@ def coco_folds(fold_convention: str = "interleaved") -> dict[int, tuple[int, ...
     raise DatasetError(f"unknown COCO-20i fold_convention {fold_convention!r}; valid: {list(FOLD_CONVENTIONS)}")
 
 
-class Coco20i(SegmentationDataset):
+class Coco20i(ListDataset):
     """COCO-20i: COCO 2014 images + class-index mask PNGs written by :mod:`fss_lab.data.prepare_coco`.
 
     Layout (``root``; the list format of RePRI/DIaM)::
@@ -77,14 +77,3 @@ class Coco20i(SegmentationDataset):
         self.fold_convention = fold_convention
         self.name = "coco20i" if fold_convention == "interleaved" else "coco20i_contiguous"
         self.list_path, self._pairs = load_list(self.root, list_file, "coco", split)
-
-    def __len__(self) -> int:
-        return len(self._pairs)
-
-    def image_id(self, index: int) -> str:
-        """The COCO file stem, e.g. ``"COCO_val2014_000000429717"``."""
-        self._check_index(index)
-        return self._pairs[index][0].stem
-
-    def _paths(self, index: int) -> tuple[Path, Path]:
-        return self._pairs[index]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DatasetError, SegmentationDataset, check_list_files, read_list_file
+from .base import DatasetError, ListDataset, check_list_files, read_list_file
 
 PASCAL_CLASS_NAMES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -41,7 +41,7 @@ def load_list(root: Path, list_file: str | Path | None, benchmark: str, split: s
     return list_path, pairs
 
 
-class Pascal5i(SegmentationDataset):
+class Pascal5i(ListDataset):
     """PASCAL-5i: VOC2012 ``JPEGImages`` + ``SegmentationClassAug`` masks listed by PFENet-style list files.
 
     Layout (``root`` = VOC2012 folder)::
@@ -81,14 +81,3 @@ class Pascal5i(SegmentationDataset):
         self.fold_scheme = fold_scheme
         self.folds = dict(FOLD_SCHEMES[fold_scheme])
         self.list_path, self._pairs = load_list(self.root, list_file, "pascal", split)
-
-    def __len__(self) -> int:
-        return len(self._pairs)
-
-    def image_id(self, index: int) -> str:
-        """The VOC image id, e.g. ``"2008_000008"``."""
-        self._check_index(index)
-        return self._pairs[index][0].stem
-
-    def _paths(self, index: int) -> tuple[Path, Path]:
-        return self._pairs[index]
