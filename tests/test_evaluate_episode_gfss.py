@@ -42,3 +42,27 @@ def test_perfect_method_scores_one(toy):
 
     scores = evaluate_episode_gfss(_Oracle(items, cmap), eps, items, Features(), cmap)
     assert scores["novel"] == 1.0 and scores["base"] == 1.0 and scores["harmonic"] == 1.0
+
+
+def test_supports_come_from_the_support_split(toy):
+    """Cross-split episodes (e.g. CamVid: supports from train): fit sees the support split's features and masks."""
+    cmap = GFSSClassMap.from_fold(toy, 0)
+    items = TransformedItems(toy, PairTransform((32, 32)))
+    eps = sample_fss_episodes(toy, fold=0, shots=1, n_episodes=4, seed=0)
+    seen = []
+
+    class Recorder(_Oracle):
+        def fit(self, support_features, support_masks):
+            seen.append((support_features.unique().tolist(), support_masks.shape))
+            return self
+
+    class Const:
+        def __init__(self, value):
+            self.value = value
+
+        def get(self, indices):
+            return torch.full((len(indices), 1, 32, 32), self.value)
+
+    evaluate_episode_gfss(Recorder(items, cmap), eps, items, Const(0.0), cmap, support_items=items,
+                          support_features=Const(7.0))
+    assert seen and all(values == [7.0] and shape == (1, 32, 32) for values, shape in seen)

@@ -31,7 +31,8 @@ def episode_gfss_label(label: torch.Tensor, class_map: GFSSClassMap, class_id: i
 
 
 def evaluate_episode_gfss(method, episodes: EpisodeList, items: TransformedItems, features, class_map: GFSSClassMap,
-                          *, device: torch.device | str = "cpu", progress: bool = False) -> dict[str, float]:
+                          *, support_items: TransformedItems | None = None, support_features=None,
+                          device: torch.device | str = "cpu", progress: bool = False) -> dict[str, float]:
     """Fit a (B+2)-way method per episode and score its base and novel classes.
 
     Args:
@@ -40,6 +41,8 @@ def evaluate_episode_gfss(method, episodes: EpisodeList, items: TransformedItems
             logits (index ``B + 1`` = the novel class).
         episodes / items / features: the episodes, the dataset through the transform, a feature cache.
         class_map: the fold's :class:`GFSSClassMap`.
+        support_items / support_features: where the supports come from when they are another split than the
+            queries (e.g. CamVid's cross-video protocol: supports from train); default ``items`` / ``features``.
 
     Returns:
         ``{"base": base mIoU, "novel": FSS mIoU of the novel class, "mean", "harmonic", "fb_iou"}`` in [0, 1].
@@ -47,9 +50,11 @@ def evaluate_episode_gfss(method, episodes: EpisodeList, items: TransformedItems
     nb = class_map.num_base
     base_meter = GFSSMeter(nb + 2, tuple(range(1, nb + 1)), (nb + 1,))
     novel_meter = FSSMeter(episodes.meta.get("classes") or episodes.class_ids)
+    support_items = items if support_items is None else support_items
+    support_features = features if support_features is None else support_features
     for spec in tqdm(episodes, desc=f"{getattr(method, 'name', 'method')} episodes", disable=not progress):
-        s_masks = episode_masks(items, spec.support, spec.class_id, "support").to(device)
-        method.fit(features.get(spec.support).to(device), s_masks)
+        s_masks = episode_masks(support_items, spec.support, spec.class_id, "support").to(device)
+        method.fit(support_features.get(spec.support).to(device), s_masks)
         q_label = torch.stack([episode_gfss_label(items.label(i), class_map, spec.class_id) for i in spec.query])
         with torch.no_grad():
             pred = method.predict_all(features.get(spec.query).to(device), tuple(q_label.shape[-2:])).max(1).indices

@@ -12,7 +12,7 @@ from typing import Callable
 
 import pandas as pd
 
-from ..data import TransformedItems, create_dataset
+from ..data import EpisodeList, TransformedItems, create_dataset, sample_fss_episodes
 from ..data.gfss import GFSSRun, GFSSRuns, gfss_runs
 from ..engine.device import resolve_device
 from ..engine.evaluate_gfss import GFSSResult, average_runs, evaluate_gfss
@@ -116,6 +116,25 @@ class GFSSExperiment:
                 min_area=cfg.min_area, base_shots=shots if cfg.base_shots else 0, max_queries=cfg.max_queries,
                 cross_group=cfg.cross_group, only_one_novel=cfg.only_one_novel)
         return self._runs[shots]
+
+    def fss_episodes(self, shots: int, n_episodes: int, seed: int = 0) -> EpisodeList:
+        """1-way FSS episodes of the fold's novel classes on this experiment's data (for FSS methods on the same
+        base model). With ``cross_group`` (CamVid) the supports are the support split's frames of other groups
+        (videos); otherwise supports and queries both come from the query split (PFENet protocol). Score them with
+        the items and cache of :meth:`fss_support`.
+
+        Raises:
+            DatasetError: as :func:`~fss_lab.data.sample_fss_episodes` (no novel class has enough images)."""
+        cross = self.config.cross_group
+        return sample_fss_episodes(self.query_dataset, self.config.fold, shots, n_episodes, seed=seed,
+                                   support_dataset=self.support_dataset if cross else None, cross_group=cross)
+
+    def fss_support(self, source: str = "bottleneck") -> tuple[TransformedItems, FeatureCache]:
+        """The items and feature cache (``"bottleneck"`` or ``"backbone"``) that :meth:`fss_episodes`' supports
+        index into."""
+        if self.config.cross_group:
+            return self.support_items, self.support_caches[source]
+        return self.items, self.caches[source]
 
     @staticmethod
     def novel_only(run: GFSSRun) -> GFSSRun:
