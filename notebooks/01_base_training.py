@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -23,12 +25,13 @@
 #
 # | policy | novel pixels become | used by |
 # |---|---|---|
-# | `"ignore"` | 255, excluded from the loss | RePRI, DIaM |
-# | `"background"` | 0, learned as background | BAM |
+# | `"ignore"` | 255, excluded from the loss | RePRI (and DIaM's data code) |
+# | `"background"` | 0, learned as background | BAM (whose base learners DIaM evaluated) |
 # | `"drop"` | images holding any novel class are removed | GFS-Seg |
 #
 # With `"background"` the network learns to call future novel objects background (the *background shift* that
-# seed 002's distillation addresses); with `"ignore"` it never sees a gradient on them.
+# seed 002's distillation addresses); with `"ignore"` it never sees a gradient on them. Notebook 04 (e) shows that
+# the choice decides whether DIaM's distillation helps or erodes the novel classes.
 #
 # `QUICK=True` freezes the ImageNet backbone, caches its features once and trains only the head (minutes on a
 # CPU); `QUICK=False` trains the whole network with scale/crop/flip augmentation (GPU).

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -57,7 +59,6 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import display
 
-from fss_lab.data import sample_fss_episodes
 from fss_lab.engine.evaluate import evaluate_fss
 from fss_lab.engine.evaluate_episode_gfss import evaluate_episode_gfss
 from fss_lab.experiments.base_model import BaseModelConfig
@@ -87,10 +88,15 @@ for name, lam in (("plain CE", 0.0), (f"CE + {CONTRASTIVE_WEIGHT} contrast", CON
     experiments[name] = GFSSExperiment(gfss_config_for(DATASET, DATA_ROOT, FOLD, n_runs=1, max_queries=60,
                                                        support_split="train", base=cfg, device=DEVICE))
 first = next(iter(experiments.values()))
-episodes = sample_fss_episodes(first.query_dataset, FOLD, SHOTS, N_EPISODES, seed=0)
+# FSS episodes: on the generated data supports and queries both come from val (PFENet protocol); on CamVid the
+# supports are the other videos' training frames (cross-video, as in the quickstart and notebook 02).
+episodes = first.fss_episodes(SHOTS, N_EPISODES, seed=0)
+print(f"{len(episodes)} {SHOTS}-shot episodes; supports from "
+      + ("the train frames of other videos" if first.config.cross_group else "the val split"))
 rows = []
 for name, exp in experiments.items():
-    fss = evaluate_fss(PrototypeBaseline(), episodes, exp.items, exp.items, exp.caches["bottleneck"],
+    s_items, s_cache = exp.fss_support()
+    fss = evaluate_fss(PrototypeBaseline(), episodes, exp.items, s_items, exp.caches["bottleneck"], s_cache,
                        device=exp.device, progress=False)
     gfss = exp.evaluate(lambda k, m=exp.model, c=exp.class_map: PrototypeGFSS(m, c.num_novel, norm_scale=0.7), SHOTS)
     rows.append({"base model": name, "base mIoU (val)": exp.base.history.last_miou, "FSS novel mIoU": fss.miou,
@@ -110,10 +116,12 @@ print(pretraining.assign(**{c: pretraining[c].map(pct) for c in pretraining.colu
 # %%
 exp = experiments["plain CE"]
 classifier = exp.model.classifier
+s_items, s_cache = exp.fss_support()
 gamma_rows = []
 for g in GAMMAS:
     scores = evaluate_episode_gfss(BackgroundAwareFineTuning(classifier, gamma=g, steps=STEPS, seed=SEED), episodes,
-                                   exp.items, exp.caches["bottleneck"], exp.class_map, device=exp.device)
+                                   exp.items, exp.caches["bottleneck"], exp.class_map, support_items=s_items,
+                                   support_features=s_cache, device=exp.device)
     gamma_rows.append({"gamma": g, **scores})
 gamma_table = pd.DataFrame(gamma_rows)
 gamma_table.to_csv(results_dir / "gamma.csv", index=False)
@@ -132,10 +140,10 @@ display(fig)
 # ## (c) 2-way vs $(|C_{base}|+2)$-way classifier (Table 2), FSS mIoU on the same episodes
 
 # %%
-two_way = evaluate_fss(BinaryFineTuning(steps=STEPS, seed=SEED), episodes, exp.items, exp.items,
-                       exp.caches["bottleneck"], device=exp.device, progress=False)
+two_way = evaluate_fss(BinaryFineTuning(steps=STEPS, seed=SEED), episodes, exp.items, s_items,
+                       exp.caches["bottleneck"], s_cache, device=exp.device, progress=False)
 multi_way = evaluate_fss(BackgroundAwareFineTuning(classifier, gamma=10.0, steps=STEPS, seed=SEED), episodes, exp.items,
-                         exp.items, exp.caches["bottleneck"], device=exp.device, progress=False)
+                         s_items, exp.caches["bottleneck"], s_cache, device=exp.device, progress=False)
 heads = pd.DataFrame([{"classifier": "2-way (weighted CE)", "mIoU": two_way.miou, "FB-IoU": two_way.fb_iou},
                       {"classifier": "(B+2)-way (reformulated CE + 10 KD)", "mIoU": multi_way.miou, "FB-IoU": multi_way.fb_iou}])
 heads.to_csv(results_dir / "heads.csv", index=False)

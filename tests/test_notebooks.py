@@ -74,6 +74,9 @@ def test_infomax_diam_notebook_on_default_data():
     for row in results["comparison"] + results["ablation"] + results["priors"]:
         assert 0.0 <= row["base"] <= 1.0 and 0.0 <= row["novel"] <= 1.0
     assert {r["method"] for r in results["repri"]} == {"prototype", "repri"}
+    assert results["novel_policy"] == "background"
+    assert {(r["policy"], r["steps"]) for r in results["policy"]} == {(p, s) for p in ("background", "ignore")
+                                                                       for s in (10, 100)}
 
 
 @pytest.mark.notebook

@@ -43,7 +43,8 @@ class BaseModelConfig:
     Attributes:
         dataset / data_root / fold: the data (see :func:`fss_lab.data.create_dataset`).
         backbone: a registered backbone for the PSPNet.
-        novel_policy: ``"ignore"`` (RePRI / DIaM), ``"background"`` (BAM) or ``"drop"`` (GFS-Seg).
+        novel_policy: ``"ignore"`` (RePRI; DIaM's data code), ``"background"`` (BAM's base learners, which DIaM
+            evaluated, and what DIaM's distillation assumes: notebook 04 (e)) or ``"drop"`` (GFS-Seg).
         image_size: ``(H, W)``; default: the dataset's (:data:`~fss_lab.experiments.fss.DATASET_DEFAULTS`).
         quick: the CPU recipe (True) or the GPU recipe (False), see :data:`RECIPES`.
         overrides: :class:`TrainConfig` fields that replace the recipe's (e.g. ``{"iterations": 50}``).
