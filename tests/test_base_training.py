@@ -90,3 +90,20 @@ def test_bad_arguments(ds, cmap):
         BaseTrainingSet(ds, cmap, transform=T, scale_range=(2.0, 1.0))
     with pytest.raises(IndexError):
         BaseTrainingSet(ds, cmap, transform=T)[3]
+
+
+def test_base_model_initialisation_is_seeded():
+    """The same BaseModelConfig builds the same untrained PSPNet in any process (the head's random init is seeded),
+    and building it leaves the caller's global RNG alone."""
+    from fss_lab.experiments.base_model import BaseModelConfig, build_model
+
+    torch.manual_seed(123)
+    a = build_model(BaseModelConfig(seed=0), num_base=3).state_dict()
+    after = torch.rand(1)
+    torch.manual_seed(999)
+    b = build_model(BaseModelConfig(seed=0), num_base=3).state_dict()
+    c = build_model(BaseModelConfig(seed=1), num_base=3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a), "another seed must give another head"
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(1)), "build_model must not consume the caller's random numbers"

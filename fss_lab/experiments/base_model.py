@@ -122,7 +122,7 @@ def get_base_model(config: BaseModelConfig, progress: bool = True) -> BaseModel:
     train_ds = create_dataset(config.dataset, config.data_root, split="train")
     val_ds = create_dataset(config.dataset, config.data_root, split="val")
     class_map = GFSSClassMap.from_fold(train_ds, config.fold)
-    model = PSPNet(config.backbone, num_classes=1 + class_map.num_base, freeze_backbone=config.quick)
+    model = build_model(config, class_map.num_base)
     pre = model.backbone.preprocessing
     mode = DATASET_DEFAULTS.get(config.dataset, DATASET_DEFAULTS["folder"])["transform_mode"]
     transform = PairTransform(config.resolved_size(), mode, tuple(pre.mean), tuple(pre.std))
@@ -135,6 +135,18 @@ def get_base_model(config: BaseModelConfig, progress: bool = True) -> BaseModel:
                          progress=progress)
     model.eval()
     return BaseModel(model, class_map, history, path, transform, config)
+
+
+def build_model(config: BaseModelConfig, num_base: int) -> PSPNet:
+    """The untrained PSPNet of ``config`` for ``num_base`` base classes (``1 + num_base`` outputs), its randomly
+    initialised head seeded with ``config.seed``, so that the same config trains the same model in any process.
+
+    Raises:
+        UnknownBackboneError: an unregistered backbone; ValueError: ``num_base < 0`` (from :class:`PSPNet`).
+    """
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
+        torch.manual_seed(config.seed)
+        return PSPNet(config.backbone, num_classes=1 + num_base, freeze_backbone=config.quick)
 
 
 class ModelFeatures(torch.nn.Module):
