@@ -19,7 +19,7 @@ Ratios, not absolute times, are the result; no timing is asserted anywhere.
 
 Reading the ratio: batching removes the per-step overhead of the loop (Python, autograd, kernel launches), not
 arithmetic. DIaM's work per task (support logits for every task: S*h*w x D x (1+B+N) multiply-adds per step) is
-the same either way, so on a CPU at realistic sizes DIaM is compute-bound and gains little (about 2-3x at D=128,
+the same either way, so on a CPU at realistic sizes DIaM is compute-bound and gains little (about 3x at D=128,
 24x24; about 1.2x at D=512, 53x53 on one core); RePRI (2 classes) gains more. On a GPU the loop is launch-bound
 and the batched form is where the time goes. On a shared machine, ``--threads 1`` gives stabler ratios (thread
 over-subscription slows the multi-threaded batched run most).
