@@ -165,9 +165,11 @@ lines = [f"(a) contrastive vs plain CE: FSS novel {pct(ctr['FSS novel mIoU'])} v
 g = gamma_table.set_index("gamma")
 lo, hi = g.index.min(), g.index.max()
 base_up, novel_down = g.loc[hi, "base"] > g.loc[lo, "base"], g.loc[hi, "novel"] < g.loc[lo, "novel"]
+novel_cost = g.loc[lo, "novel"] - g.loc[hi, "novel"]
+verdict = ("DID NOT HOLD" if not (base_up and novel_down) else "HELD" if novel_cost >= 0.02 else
+           "HELD only narrowly: the novel cost is under 2 points, within one run's noise")
 lines.append(f"(b) gamma {lo:g} -> {hi:g}: base {pct(g.loc[lo, 'base'])} -> {pct(g.loc[hi, 'base'])}, novel "
-             f"{pct(g.loc[lo, 'novel'])} -> {pct(g.loc[hi, 'novel'])}: 'base up, novel pays': "
-             f"{'HELD' if base_up and novel_down else 'DID NOT HOLD'}")
+             f"{pct(g.loc[lo, 'novel'])} -> {pct(g.loc[hi, 'novel'])}: 'base up, novel pays': {verdict}")
 lines.append(f"(c) (B+2)-way {pct(multi_way.miou)} vs 2-way {pct(two_way.miou)} FSS mIoU -> "
              + ("(B+2)-way better, as in Table 2" if multi_way.miou > two_way.miou else "2-way better here (Table 2 DID NOT HOLD)"))
 print("\n".join(lines))
