@@ -14,12 +14,22 @@ Losses: :mod:`fss_lab.losses.mmformer`. Training-free proposal sources: :mod:`fs
 """
 from .cross_alignment import CrossAlignment, CrossAttentionLayer, FFNLayer, mask_support_features, memory_size
 from .feature_alignment import FeatureAlignmentBlock
+from .mask_matching import (
+    MaskMatching,
+    MatchingMLP,
+    blend_proposals,
+    heuristic_matching,
+    oracle_matching,
+    proposal_embeddings,
+    proposal_similarity,
+    support_prototype,
+)
 from .position_encoding import SinePositionalEncoding, sine_positional_encoding
 from .self_alignment import SelfAlignment, self_alignment, self_alignment_weights
 
 __all__ = [
-    "CrossAlignment", "CrossAttentionLayer", "FFNLayer", "FeatureAlignmentBlock",
-    "SelfAlignment", "SinePositionalEncoding", "mask_support_features",
-    "memory_size", "self_alignment",
-    "self_alignment_weights", "sine_positional_encoding",
+    "CrossAlignment", "CrossAttentionLayer", "FFNLayer", "FeatureAlignmentBlock", "MaskMatching", "MatchingMLP",
+    "SelfAlignment", "SinePositionalEncoding", "blend_proposals", "heuristic_matching", "mask_support_features",
+    "memory_size", "oracle_matching", "proposal_embeddings", "proposal_similarity", "self_alignment",
+    "self_alignment_weights", "sine_positional_encoding", "support_prototype",
 ]
