@@ -24,12 +24,19 @@ from .mask_matching import (
     proposal_similarity,
     support_prototype,
 )
+from .potential_objects_segmenter import (
+    PotentialObjectsSegmenter,
+    SimplePixelDecoder,
+    hungarian_matching,
+    match_proposals,
+    pos_set_loss,
+)
 from .position_encoding import SinePositionalEncoding, sine_positional_encoding
 from .self_alignment import SelfAlignment, self_alignment, self_alignment_weights
 
 __all__ = [
-    "CrossAlignment", "CrossAttentionLayer", "FFNLayer", "FeatureAlignmentBlock", "MaskMatching", "MatchingMLP",
-    "SelfAlignment", "SinePositionalEncoding", "blend_proposals", "heuristic_matching", "mask_support_features",
+    "CrossAlignment", "CrossAttentionLayer", "FFNLayer", "FeatureAlignmentBlock", "MaskMatching", "MatchingMLP", "PotentialObjectsSegmenter", "SimplePixelDecoder",
+    "SelfAlignment", "SinePositionalEncoding", "blend_proposals", "heuristic_matching", "hungarian_matching", "match_proposals", "pos_set_loss", "mask_support_features",
     "memory_size", "oracle_matching", "proposal_embeddings", "proposal_similarity", "self_alignment",
     "self_alignment_weights", "sine_positional_encoding", "support_prototype",
 ]

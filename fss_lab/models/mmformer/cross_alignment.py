@@ -61,9 +61,12 @@ class CrossAttentionLayer(nn.Module):
         _reset_xavier(self)
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor | None = None,
-                query_pos: torch.Tensor | None = None, need_weights: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                query_pos: torch.Tensor | None = None, need_weights: bool = False,
+                attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend from ``tgt [B, Lq, C]`` to ``memory [B, Lk, C]``.
+
+        ``attn_mask``: optional bool ``[B * heads, Lq, Lk]``, True where attention is *not* allowed (Mask2Former's
+        masked attention).
 
         Returns:
             ``(out [B, Lq, C], attention [B, heads, Lq, Lk] or None)``; attention rows sum to 1.
@@ -71,7 +74,8 @@ class CrossAttentionLayer(nn.Module):
         q_in = self.norm(tgt) if self.pre_norm else tgt
         q = q_in if query_pos is None else q_in + query_pos
         k = memory if pos is None else memory + pos
-        out, attn = self.multihead_attn(q, k, memory, need_weights=need_weights, average_attn_weights=False)
+        out, attn = self.multihead_attn(q, k, memory, need_weights=need_weights, average_attn_weights=False,
+                                        attn_mask=attn_mask)
         return (tgt + out, attn) if self.pre_norm else (self.norm(tgt + out), attn)
 
 
