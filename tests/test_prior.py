@@ -132,3 +132,22 @@ def test_prior_fss_logits_threshold_and_background():
     assert prior_fss_logits(prior, background=bg).argmax(1).tolist() == [[[1, 0]]]
     with pytest.raises(ValueError, match="prior"):
         prior_fss_logits(prior[0])
+
+
+def test_prior_from_backbone_efficientnet_on_layer3_grid():
+    from fss_lab.models.backbones.efficientnet_lite import EfficientNetLite0
+    from fss_lab.models.pfenet_prior import prior_from_backbone
+
+    torch.manual_seed(0)
+    net = EfficientNetLite0(weights=None).eval()
+    q, s = torch.randn(1, 3, 64, 64), torch.randn(1, 2, 3, 64, 64)
+    m = torch.zeros(1, 2, 64, 64, dtype=torch.long)
+    m[..., 16:48, 16:48] = 1
+    prior = prior_from_backbone(net, q, s, m)
+    assert prior.shape == (1, 1, 4, 4)                                  # s16 grid of a 64x64 input
+    assert prior.min() >= 0 and prior.max() <= 1
+    with torch.no_grad():
+        s3 = net(s[0], levels=("s16",))["s16"]
+        s4 = masked_layer4_features(s3, m[0], layer4_path(net))[None]
+        ref = prior_mask(net(q, levels=("s32",))["s32"], s4, m, size=(4, 4))
+    assert torch.allclose(prior, ref)

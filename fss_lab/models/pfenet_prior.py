@@ -219,3 +219,46 @@ def prior_fss_logits(prior: torch.Tensor, threshold: float = 0.5, background: to
     if size is not None and tuple(size) != tuple(out.shape[-2:]):
         out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=True)
     return out
+
+
+def prior_from_backbone(backbone: nn.Module, query_images: torch.Tensor, support_images: torch.Tensor,
+                        support_masks: torch.Tensor, size: Sequence[int] | str | None = "layer3",
+                        eps: float = PRIOR_EPS) -> torch.Tensor:
+    """The whole PFENet prior from images with a frozen fss_lab backbone (runs under ``torch.no_grad()``).
+
+    Query: layer-4 features of the image. Support: layer-3 features, multiplied by the mask, through the rest of
+    the backbone (:func:`masked_layer4_features`), then :func:`prior_mask`. Levels from :data:`PRIOR_LEVELS`.
+
+    Args:
+        backbone: a fss_lab backbone listed in :data:`PRIOR_LEVELS` (call ``.eval()`` first for frozen BN).
+        query_images: ``[B, 3, H, W]`` normalised with ``backbone.preprocessing``.
+        support_images: ``[B, K, 3, H, W]``.
+        support_masks: ``[B, K, H, W]`` labels (1 foreground, 255 ignore) or float masks.
+        size: ``"layer3"`` (default, PFENet returns the prior on the layer-3 grid), ``None`` (the layer-4 grid)
+            or an explicit ``(h, w)``.
+        eps: ``1e-7``.
+
+    Returns:
+        ``[B, 1, h, w]`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: images or masks of the wrong shape. TypeError/KeyError: unknown backbone.
+    """
+    name = getattr(backbone, "name", type(backbone).__name__)
+    if name not in PRIOR_LEVELS:
+        raise KeyError(f"prior_from_backbone: no prior levels for backbone {name!r}; known: {sorted(PRIOR_LEVELS)}")
+    l3, l4 = PRIOR_LEVELS[name]
+    if not isinstance(support_images, torch.Tensor) or support_images.dim() != 5:
+        raise ValueError(f"prior_from_backbone: support_images must be [B, K, 3, H, W]; got {_shape(support_images)}")
+    b, k = support_images.shape[:2]
+    if not isinstance(support_masks, torch.Tensor) or tuple(support_masks.shape[:2]) != (b, k) or \
+            support_masks.dim() != 4:
+        raise ValueError(f"prior_from_backbone: support_masks must be [B={b}, K={k}, H, W]; got "
+                         f"{_shape(support_masks)}")
+    with torch.no_grad():
+        q = backbone(query_images, levels=(l3, l4))
+        s3 = backbone(support_images.flatten(0, 1), levels=(l3,))[l3]
+        s4 = masked_layer4_features(s3, support_masks.flatten(0, 1), layer4_path(backbone))
+        s4 = s4.reshape(b, k, *s4.shape[1:])
+        out_size = tuple(q[l3].shape[-2:]) if size == "layer3" else size
+        return prior_mask(q[l4], s4, support_masks, size=out_size, eps=eps)
