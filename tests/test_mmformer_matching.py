@@ -110,3 +110,26 @@ def test_mask_matching_k_shot_average_and_shapes():
     assert torch.allclose(out1[:, 0] + out1[:, 1], torch.ones(1, 16, 16))
     with pytest.raises(ValueError, match="support_masks"):
         mm(q, [s, s], masks, props)
+
+
+def test_heuristic_mask_matching_training_free_on_a_separable_toy():
+    from fss_lab.models.mmformer import heuristic_mask_matching
+
+    # foreground pixels point along e0, background along e1, in query and support alike
+    def feats(fg):
+        f = torch.zeros(1, 2, 4, 4)
+        f[0, 0][fg] = 1.0
+        f[0, 1][~fg] = 1.0
+        return f
+
+    q_fg = torch.zeros(4, 4, dtype=torch.bool)
+    q_fg[:, :2] = True
+    s_fg = torch.zeros(4, 4, dtype=torch.bool)
+    s_fg[2:] = True
+    props = torch.stack([(~q_fg).float(), q_fg.float(), torch.zeros(4, 4)])[None]   # bg, fg, an empty pad
+    out, sim = heuristic_mask_matching([feats(q_fg)], [[feats(s_fg)]], s_fg.long()[None, None], props)
+    assert sim.argmax().item() == 1
+    assert torch.equal(out[0, 1], q_fg.float())
+    out2, _ = heuristic_mask_matching([feats(q_fg)], [[feats(s_fg)]], s_fg.long()[None, None], props,
+                                      self_align=False)
+    assert torch.equal(out2[0, 1], q_fg.float())

@@ -18,6 +18,7 @@ from .mask_matching import (
     MaskMatching,
     MatchingMLP,
     blend_proposals,
+    heuristic_mask_matching,
     heuristic_matching,
     oracle_matching,
     proposal_embeddings,
@@ -36,7 +37,7 @@ from .self_alignment import SelfAlignment, self_alignment, self_alignment_weight
 
 __all__ = [
     "CrossAlignment", "CrossAttentionLayer", "FFNLayer", "FeatureAlignmentBlock", "MaskMatching", "MatchingMLP", "PotentialObjectsSegmenter", "SimplePixelDecoder",
-    "SelfAlignment", "SinePositionalEncoding", "blend_proposals", "heuristic_matching", "hungarian_matching", "match_proposals", "pos_set_loss", "mask_support_features",
+    "SelfAlignment", "SinePositionalEncoding", "blend_proposals", "heuristic_mask_matching", "heuristic_matching", "hungarian_matching", "match_proposals", "pos_set_loss", "mask_support_features",
     "memory_size", "oracle_matching", "proposal_embeddings", "proposal_similarity", "self_alignment",
     "self_alignment_weights", "sine_positional_encoding", "support_prototype",
 ]

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..proposals import proposal_iou
 from .feature_alignment import FeatureAlignmentBlock
+from .self_alignment import self_alignment
 
 MAP_EPS = 1e-7
 """Epsilon of the support prototype's masked average pooling (official ``get_sup_propotype``)."""
@@ -184,6 +185,47 @@ def oracle_matching(proposals: torch.Tensor, labels: torch.Tensor, ignore_index:
     iou = proposal_iou(proposals, labels, ignore_index=ignore_index)
     one_hot = F.one_hot(iou.argmax(dim=1), iou.shape[1]).to(proposals.dtype)
     return blend_proposals(one_hot, proposals, labels.shape[-2:])
+
+
+def heuristic_mask_matching(query_feats: Sequence[torch.Tensor], support_feats: Sequence[Sequence[torch.Tensor]],
+                            support_masks: torch.Tensor, proposals: torch.Tensor, self_align: bool = True,
+                            size: Sequence[int] | None = None, proposal_eps: float = 1e-7
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-free mask matching: the paper's parameter-free ablation rows (Tab. 3a rows 1-2) on raw features.
+
+    Optional parameter-free :func:`~.self_alignment.self_alignment` of every level, support prototypes
+    (:func:`support_prototype`) and proposal embeddings (:func:`proposal_embeddings`, with ``proposal_eps`` so
+    padded empty proposals do not give NaN) concatenated over levels and averaged over shots, cosine, then the
+    proposal with the highest similarity (:func:`heuristic_matching`). Works with any proposal source
+    (:mod:`fss_lab.models.proposals`) and any frozen backbone.
+
+    Args:
+        query_feats: per level ``[B, C_i, h_i, w_i]``.
+        support_feats: per shot, per level ``[B, C_i, hs_i, ws_i]``.
+        support_masks: ``[B, K, H, W]`` labels (1 foreground) or float masks.
+        proposals: ``[B, N, hm, wm]`` in ``[0, 1]``.
+        self_align: apply the self-alignment first (row 2) or not (row 1).
+        size: output size (default: the proposals' size).
+        proposal_eps: denominator epsilon of the proposal pooling.
+
+    Returns:
+        ``(out [B, 2, H, W] = [bg, fg], similarity [B, N])``.
+
+    Raises:
+        ValueError: the number of shots disagrees with ``support_masks``.
+    """
+    k = len(support_feats)
+    if support_masks.dim() != 4 or support_masks.shape[1] != k:
+        raise ValueError(f"heuristic_mask_matching: support_masks must be [B, K={k}, H, W]; got "
+                         f"{_shape(support_masks)}")
+    align = self_alignment if self_align else (lambda x: x)
+    emb = torch.cat([proposal_embeddings(align(f), proposals, eps=proposal_eps) for f in query_feats], dim=2)
+    proto = 0.0
+    for shot in range(k):
+        proto = proto + torch.cat([support_prototype(align(f), support_masks[:, shot]) for f in support_feats[shot]],
+                                  dim=1)
+    similarity = proposal_similarity(emb, proto / k)
+    return heuristic_matching(similarity, proposals, size), similarity
 
 
 class MaskMatching(nn.Module):
