@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .data.base import BACKGROUND, IGNORE_INDEX
+from .labels import BACKGROUND, IGNORE_INDEX
 
 __all__ = ["intersection_and_union", "iou_from_stats", "FSSMeter", "GFSSMeter", "to_percent"]
 
@@ -93,16 +93,44 @@ def iou_from_stats(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(union, math.nan))
 
 
+_WARNED: set[tuple[str, tuple[int, ...]]] = set()
+
+
 def _mean_defined(values: Mapping[int, float], group: str) -> float:
-    """Mean of the non-NaN values; warn naming the excluded ids; NaN (with a warning) when none is defined."""
+    """Mean of the non-NaN values; NaN when none is defined. The excluded ids are named in a warning, once per
+    process for each (group, ids) pair (a dataset without background, e.g. CamVid, would repeat it every run)."""
     undefined = sorted(k for k, v in values.items() if math.isnan(v))
-    if undefined:
+    if undefined and (group, tuple(undefined)) not in _WARNED:
+        _WARNED.add((group, tuple(undefined)))
         warnings.warn(
-            f"{group}: IoU undefined for class ids {undefined} (never seen, or union 0); excluded from the mean",
+            f"{group}: IoU undefined for class ids {undefined} (never seen, or union 0); excluded from the mean "
+            "(said once)",
             stacklevel=3,
         )
     defined = [v for v in values.values() if not math.isnan(v)]
     return float(sum(defined) / len(defined)) if defined else math.nan
+
+
+def foreground_iou(pred: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> float:
+    """Foreground IoU of one binary prediction; ``pred`` / ``target`` int ``[..., H, W]`` (1 = foreground,
+    ``ignore_index`` excluded); 1.0 when both are empty."""
+    valid = target != ignore_index
+    p, t = (pred == 1) & valid, (target == 1) & valid
+    union = (p | t).sum().item()
+    return (p & t).sum().item() / union if union else 1.0
+
+
+def gfss_summary(base: float, novel: float) -> dict[str, float]:
+    """The headline GFSS scores from base and novel mIoU, with one NaN rule for the whole package.
+
+    Returns ``{"base", "novel", "mean": (base + novel) / 2, "harmonic": 2 base novel / (base + novel)}``;
+    ``harmonic`` is 0 when both are 0, and every derived score is NaN when either input is NaN (a group with no
+    defined class). Source: DIaM's "Mean" and the harmonic mean of GFS-Seg / BCM (fss-methods.md section 3).
+    """
+    if math.isnan(base) or math.isnan(novel):
+        return {"base": base, "novel": novel, "mean": math.nan, "harmonic": math.nan}
+    harmonic = 2 * base * novel / (base + novel) if base + novel > 0 else 0.0
+    return {"base": base, "novel": novel, "mean": (base + novel) / 2, "harmonic": harmonic}
 
 
 class FSSMeter:
@@ -374,16 +402,13 @@ class GFSSMeter:
 
         base = group(self.base_ids, "base_miou")
         novel = group(self.novel_ids, "novel_miou")
-        if base + novel > 0:
-            harmonic = 2 * base * novel / (base + novel)
-        else:  # both 0 (NaN fails the test above and propagates below)
-            harmonic = math.nan if math.isnan(base + novel) else 0.0
+        head = gfss_summary(base, novel)
         return {
             "base_miou": base,
             "base_miou_with_bg": group((BACKGROUND, *self.base_ids), "base_miou_with_bg"),
             "novel_miou": novel,
-            "mean": (base + novel) / 2,
-            "harmonic": harmonic,
+            "mean": head["mean"],
+            "harmonic": head["harmonic"],
             "all_miou": group(self.base_ids + self.novel_ids, "all_miou"),
             "all_miou_with_bg": group((BACKGROUND, *self.base_ids, *self.novel_ids), "all_miou_with_bg"),
             "per_class": pc,

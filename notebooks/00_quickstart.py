@@ -150,7 +150,7 @@ display(fig)
 rows, per_class_frames, results = [], [], {}
 for k in SHOTS:
     t0 = time.time()
-    res = exp.run(PrototypeBaseline(temperature=TEMPERATURE), k, keep_predictions=8)
+    res = exp.evaluate(PrototypeBaseline(temperature=TEMPERATURE), k, keep_predictions=8)
     results[k] = res
     rows.append({**res.summary(), "seconds": round(time.time() - t0, 1)})
     per_class_frames.append(res.per_class_frame())

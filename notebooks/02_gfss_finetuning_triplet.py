@@ -92,12 +92,12 @@ print(f"novel classes: {', '.join(exp.class_names[c] for c in cmap.novel_ids)}")
 
 # %%
 methods = {
-    "prototype (no training)": lambda k: PrototypeGFSS(model, cmap.num_novel, norm_scale=0.7),
-    "fine-tune last layer": lambda k: create_finetune(model, cmap.num_novel, "last_layer", steps=STEPS_LAST,
-                                                      loss_at="feature", seed=SEED),
+    "prototype (no training)": lambda: PrototypeGFSS(model, norm_scale=0.7),
+    "fine-tune last layer": lambda: create_finetune(model, "last_layer", steps=STEPS_LAST, loss_at="feature",
+                                                   seed=SEED),
 }
-all_layers = lambda k, w=0.0: create_finetune(model, cmap.num_novel, "all_after_backbone", steps=STEPS_ALL,  # noqa: E731
-                                               batch_size=16, loss_at="feature", triplet_weight=w,
+all_layers = lambda w=0.0: create_finetune(model, "all_after_backbone", steps=STEPS_ALL,  # noqa: E731
+                                            batch_size=16, loss_at="feature", triplet_weight=w,
                                                triplet_margin=TRIPLET_MARGIN, seed=SEED)
 
 # %% [markdown]
@@ -127,8 +127,8 @@ display(fig)
 k_mid = 5 if 5 in SHOTS else SHOTS[len(SHOTS) // 2]
 strategy_table = pd.concat([
     shots_table[(shots_table["shots"] == k_mid) & (shots_table["method"] == "fine-tune last layer")],
-    exp.evaluate(lambda k: all_layers(k), k_mid, label="fine-tune all after backbone"),
-    exp.evaluate(lambda k: all_layers(k, TRIPLET_WEIGHT), k_mid, label=f"all after backbone + triplet ({TRIPLET_WEIGHT})"),
+    exp.evaluate(all_layers, k_mid, label="fine-tune all after backbone"),
+    exp.evaluate(lambda: all_layers(TRIPLET_WEIGHT), k_mid, label=f"all after backbone + triplet ({TRIPLET_WEIGHT})"),
 ], ignore_index=True)[["method", "shots", "base", "novel", "mean", "harmonic", "runs"]]
 strategy_table["gap (base - novel)"] = strategy_table["base"] - strategy_table["novel"]
 strategy_table.to_csv(results_dir / "strategies.csv", index=False)
@@ -147,7 +147,7 @@ display(fig)
 
 # %%
 run = exp.runs(k_mid)[0]
-result = exp.evaluate_run(methods["fine-tune last layer"](k_mid), run, keep_predictions=12)
+result = exp.evaluate_run(methods["fine-tune last layer"], run, keep_predictions=12)
 shown = list(result.predictions)[:12]
 labels = gfss_query_labels(exp.items, shown, cmap)
 make_fig = lambda n: plot_predictions(exp.items.image(shown[n])[None], labels[n:n + 1],  # noqa: E731

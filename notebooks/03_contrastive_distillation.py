@@ -59,8 +59,6 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import display
 
-from fss_lab.engine.evaluate import evaluate_fss
-from fss_lab.engine.evaluate_episode_gfss import evaluate_episode_gfss
 from fss_lab.experiments.base_model import BaseModelConfig
 from fss_lab.experiments.gfss import GFSSExperiment, gfss_config_for
 from fss_lab.methods.binary_finetune import BackgroundAwareFineTuning, BinaryFineTuning
@@ -95,10 +93,8 @@ print(f"{len(episodes)} {SHOTS}-shot episodes; supports from "
       + ("the train frames of other videos" if first.config.cross_group else "the val split"))
 rows = []
 for name, exp in experiments.items():
-    s_items, s_cache = exp.fss_support()
-    fss = evaluate_fss(PrototypeBaseline(), episodes, exp.items, s_items, exp.caches["bottleneck"], s_cache,
-                       device=exp.device, progress=False)
-    gfss = exp.evaluate(lambda k, m=exp.model, c=exp.class_map: PrototypeGFSS(m, c.num_novel, norm_scale=0.7), SHOTS)
+    fss = exp.evaluate_episodes(PrototypeBaseline(), episodes)
+    gfss = exp.evaluate(PrototypeGFSS(exp.model, norm_scale=0.7), SHOTS)
     rows.append({"base model": name, "base mIoU (val)": exp.base.history.last_miou, "FSS novel mIoU": fss.miou,
                  "GFSS novel mIoU": float(gfss["novel"].iloc[0]), "GFSS base mIoU": float(gfss["base"].iloc[0])})
 pretraining = pd.DataFrame(rows)
@@ -115,20 +111,17 @@ print(pretraining.assign(**{c: pretraining[c].map(pct) for c in pretraining.colu
 
 # %%
 exp = experiments["plain CE"]
-classifier = exp.model.classifier
-s_items, s_cache = exp.fss_support()
 gamma_rows = []
 for g in GAMMAS:
-    scores = evaluate_episode_gfss(BackgroundAwareFineTuning(classifier, gamma=g, steps=STEPS, seed=SEED), episodes,
-                                   exp.items, exp.caches["bottleneck"], exp.class_map, support_items=s_items,
-                                   support_features=s_cache, device=exp.device)
+    scores = exp.evaluate_episodes(BackgroundAwareFineTuning(exp.model, gamma=g, steps=STEPS, seed=SEED), episodes,
+                                   scoring="gfss").scores
     gamma_rows.append({"gamma": g, **scores})
 gamma_table = pd.DataFrame(gamma_rows)
 gamma_table.to_csv(results_dir / "gamma.csv", index=False)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(gamma_table.assign(**{c: gamma_table[c].map(pct) for c in ("base", "novel", "mean", "harmonic", "fb_iou")}).to_string(index=False))
+print(gamma_table.assign(**{c: gamma_table[c].map(pct) for c in ("base", "novel", "mean", "harmonic", "FB-IoU")}).to_string(index=False))
 
 # %%
 fig = plot_gfss_scores(gamma_table.assign(gamma=gamma_table["gamma"].map(lambda g: f"gamma {g:g}")), by="gamma",
@@ -140,10 +133,8 @@ display(fig)
 # ## (c) 2-way vs $(|C_{base}|+2)$-way classifier (Table 2), FSS mIoU on the same episodes
 
 # %%
-two_way = evaluate_fss(BinaryFineTuning(steps=STEPS, seed=SEED), episodes, exp.items, s_items,
-                       exp.caches["bottleneck"], s_cache, device=exp.device, progress=False)
-multi_way = evaluate_fss(BackgroundAwareFineTuning(classifier, gamma=10.0, steps=STEPS, seed=SEED), episodes, exp.items,
-                         s_items, exp.caches["bottleneck"], s_cache, device=exp.device, progress=False)
+two_way = exp.evaluate_episodes(BinaryFineTuning(steps=STEPS, seed=SEED), episodes)
+multi_way = exp.evaluate_episodes(BackgroundAwareFineTuning(exp.model, gamma=10.0, steps=STEPS, seed=SEED), episodes)
 heads = pd.DataFrame([{"classifier": "2-way (weighted CE)", "mIoU": two_way.miou, "FB-IoU": two_way.fb_iou},
                       {"classifier": "(B+2)-way (reformulated CE + 10 KD)", "mIoU": multi_way.miou, "FB-IoU": multi_way.fb_iou}])
 heads.to_csv(results_dir / "heads.csv", index=False)

@@ -66,7 +66,6 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from fss_lab.engine.evaluate import evaluate_fss
 from fss_lab.experiments.base_model import BaseModelConfig
 from fss_lab.experiments.gfss import GFSSExperiment, gfss_config_for
 from fss_lab.methods.diam import DIaM
@@ -111,8 +110,8 @@ for k in SHOTS:
     print(f"{k}-shot: {len(runs)} run(s), {len(runs[0].query)} queries per run")
 
 # %%
-def diam(shots, **kw):
-    return DIaM.from_classifier(model.classifier, cmap.num_novel, shots, iterations=ITERATIONS, **kw)
+def diam(**kw):
+    return DIaM(model, iterations=ITERATIONS, **kw)
 
 
 def score_table(frames):
@@ -130,10 +129,10 @@ def score_table(frames):
 # %%
 comparison = []
 for k in SHOTS:
-    comparison.append(exp.evaluate(lambda s: PrototypeGFSS(model, cmap.num_novel, norm_scale=0.7), k, label="prototype"))
-    comparison.append(exp.evaluate(lambda s: create_finetune(model, cmap.num_novel, "last_layer", steps=100,
-                                                             loss_at="feature", seed=SEED), k, label="fine-tuning"))
-    comparison.append(exp.evaluate(diam, k, label="DIaM"))
+    comparison.append(exp.evaluate(PrototypeGFSS(model, norm_scale=0.7), k, label="prototype"))
+    comparison.append(exp.evaluate(create_finetune(model, "last_layer", steps=100, loss_at="feature", seed=SEED), k,
+                                   label="fine-tuning"))
+    comparison.append(exp.evaluate(diam(), k, label="DIaM"))
 comparison = score_table(comparison)
 comparison.to_csv(results_dir / "comparison.csv", index=False)
 
@@ -155,7 +154,7 @@ display(fig)
 k = min(SHOTS)
 terms = {"all four terms": (100, 1, 1, 100), "no support CE": (0, 1, 1, 100), "no KL to prior": (100, 0, 1, 100),
          "no entropy H(Y|X)": (100, 1, 0, 100), "no distillation": (100, 1, 1, 0)}
-ablation = score_table([exp.evaluate(lambda s, w=w: diam(s, weights=w), k, label=name) for name, w in terms.items()])
+ablation = score_table([exp.evaluate(diam(weights=w), k, label=name) for name, w in terms.items()])
 ablation.to_csv(results_dir / "ablation.csv", index=False)
 
 # %%
@@ -170,7 +169,7 @@ print(ablation.assign(**{c: ablation[c].map(pct) for c in ("base", "novel", "mea
 
 # %%
 priors = {"self": "self", "uniform": "uniform", "image-level": "imglvl", "oracle": "oracle"}
-prior_table = score_table([exp.evaluate(lambda s, p=p: diam(s, prior=p), k, label=name) for name, p in priors.items()])
+prior_table = score_table([exp.evaluate(diam(prior=p), k, label=name) for name, p in priors.items()])
 prior_table.to_csv(results_dir / "priors.csv", index=False)
 
 # %%
@@ -181,17 +180,13 @@ print(prior_table.assign(**{c: prior_table[c].map(pct) for c in ("base", "novel"
 # ## (d) What inference does to one query: entropy, class proportions, and the prediction step by step
 
 # %%
-run = exp.novel_only(exp.runs(k)[0])
+run = exp.runs(k)[0]
 q = run.query[0]
 steps = [0, 1, 5, 10, 25, 50, ITERATIONS - 1]
-method = diam(k, snapshot_at=steps)
-s_feats = exp.support_caches["bottleneck"].get(list(run.support))
-from fss_lab.data.gfss import gfss_query_labels, gfss_support_labels  # noqa: E402
-
-s_labels = gfss_support_labels(exp.support_items, run)
-q_feats = exp.caches["bottleneck"].get([q])
-q_label = gfss_query_labels(exp.items, [q], cmap)[0]
-method.fit(s_feats, s_labels, query_features=q_feats, query_valid=(q_label != 255)[None])
+method = diam(snapshot_at=steps)
+task = exp.task(method, run, [q], labels=True)  # the Task the evaluator builds for this query
+method.fit(task)
+q_label = task.query_labels[0].cpu()
 image = exp.items.image(q)
 before, after = method.snapshots[0][0], method.snapshots[ITERATIONS - 1][0]
 fig = plot_entropy_maps(image, before, after, exp.base.transform.mean, exp.base.transform.std,
@@ -241,8 +236,7 @@ k_policy = min(SHOTS)
 policy_rows = []
 for policy, e in policy_exps.items():
     for steps in (10, ITERATIONS):
-        r = e.evaluate(lambda s, e=e, n=steps: DIaM.from_classifier(e.model.classifier, e.class_map.num_novel, s,
-                                                                    iterations=n), k_policy, label="DIaM")
+        r = e.evaluate(DIaM(e.model, iterations=steps), k_policy, label="DIaM")
         policy_rows.append(r.assign(policy=policy, steps=steps, **{"base model mIoU (val)": e.base.history.last_miou}))
 policy_table = pd.concat(policy_rows, ignore_index=True)[["policy", "steps", "base", "novel", "mean",
                                                           "base model mIoU (val)"]]
@@ -263,11 +257,8 @@ print(policy_table.assign(**{c: policy_table[c].map(pct) for c in ("base", "nove
 fss_rows = []
 for k_fss in SHOTS:
     episodes = exp.fss_episodes(k_fss, N_EPISODES, seed=0)  # CamVid: supports from other videos' train frames
-    s_items, s_cache = exp.fss_support()
     for method_fss in (PrototypeBaseline(), RePRI()):
-        r = evaluate_fss(method_fss, episodes, exp.items, s_items, exp.caches["bottleneck"], s_cache,
-                         device=exp.device, progress=False)
-        fss_rows.append(r.summary())
+        fss_rows.append(exp.evaluate_episodes(method_fss, episodes).summary())
 fss_table = pd.DataFrame(fss_rows)
 fss_table.to_csv(results_dir / "repri.csv", index=False)
 

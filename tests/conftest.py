@@ -76,3 +76,12 @@ def pytest_terminal_summary(terminalreporter):
     from tests.notebook_runs import write_summary
 
     write_summary(terminalreporter)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_metric_warnings():
+    """The metrics say each undefined-class warning once per process; every test starts with a clean slate."""
+    import fss_lab.metrics
+
+    fss_lab.metrics._WARNED.clear()
+    yield

@@ -106,7 +106,8 @@ def test_pixel_contrastive_loss_constant_class_embeddings_by_hand():
     emb = e[labels].permute(0, 3, 1, 2)  # [1, 2, 3, 3]
     # 3 (image, class) pairs, max_samples 6 -> 2 views each
     kw = dict(max_samples=6, max_views=2, generator=torch.Generator().manual_seed(1))
-    got = pixel_contrastive_loss(emb, labels, labels, temperature=0.5, base_temperature=0.5, **kw)
+    got = pixel_contrastive_loss(emb, labels, labels, temperature=0.5, base_temperature=0.5,
+                                 background_anchors=False, **kw)
     sampled = [e[c].tolist() for c in (0, 0, 1, 1, 2, 2)]
     lab = [0, 0, 1, 1, 2, 2]
     expected = hand_loss(sampled, lab, 0.5, 0.5, [c != 0 for c in lab])
@@ -114,6 +115,10 @@ def test_pixel_contrastive_loss_constant_class_embeddings_by_hand():
     with_bg = pixel_contrastive_loss(emb, labels, labels, temperature=0.5, base_temperature=0.5,
                                      background_anchors=True, **kw)
     assert with_bg.item() == pytest.approx(hand_loss(sampled, lab, 0.5, 0.5), rel=1e-5)
+    # the official PixelContrastLoss has background anchors on by default: so does ours (issue 8, seed 002 point 4)
+    default = pixel_contrastive_loss(emb, labels, labels, temperature=0.5, base_temperature=0.5,
+                                     **{**kw, "generator": torch.Generator().manual_seed(1)})
+    assert default.item() == pytest.approx(with_bg.item(), rel=1e-6) and default.item() != pytest.approx(got.item())
 
 
 def test_pixel_contrastive_loss_matches_its_two_steps_and_is_seeded():
@@ -124,7 +129,7 @@ def test_pixel_contrastive_loss_matches_its_two_steps_and_is_seeded():
     kw = dict(max_samples=12, max_views=5)
     got = pixel_contrastive_loss(emb, labels, preds, generator=torch.Generator().manual_seed(7), **kw)
     f, c = sample_anchors(emb, labels, preds, generator=torch.Generator().manual_seed(7), **kw)
-    assert got.item() == pytest.approx(contrastive_from_samples(f, c, anchor_mask=c != 0).item(), rel=1e-6)
+    assert got.item() == pytest.approx(contrastive_from_samples(f, c, anchor_mask=None).item(), rel=1e-6)
     again = pixel_contrastive_loss(emb, labels, preds, generator=torch.Generator().manual_seed(7), **kw)
     assert got.item() == again.item()
 

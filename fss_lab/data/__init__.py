@@ -6,6 +6,7 @@ import difflib
 from pathlib import Path
 
 from .base import BACKGROUND, IGNORE_INDEX, DatasetError, SegmentationDataset
+from .defaults import DATASET_DEFAULTS, GFSS_DEFAULTS, PROTOCOLS, dataset_defaults
 from .episode import Episode, collate_episodes
 from .episodic import EpisodeDataset, TransformedItems
 from .sampler import EpisodeList, EpisodeSpec, sample_fss_episodes
@@ -60,6 +61,9 @@ def create_dataset(name: str, root: str | Path | None = None, split: str = "val"
 __all__ = [
     "BACKGROUND",
     "DATASETS",
+    "DATASET_DEFAULTS",
+    "GFSS_DEFAULTS",
+    "PROTOCOLS",
     "DatasetError",
     "Episode",
     "EpisodeDataset",
@@ -72,5 +76,6 @@ __all__ = [
     "binary_episode_label",
     "collate_episodes",
     "create_dataset",
+    "dataset_defaults",
     "sample_fss_episodes",
 ]

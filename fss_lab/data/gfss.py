@@ -32,6 +32,8 @@ every val image a query. Support labels come in two forms (:func:`gfss_support_l
 """
 from __future__ import annotations
 
+import dataclasses
+
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,6 +103,12 @@ class GFSSRun:
     def class_map(self) -> GFSSClassMap:
         """The :class:`GFSSClassMap` of the run's fold (GFSS ids: bg 0, base 1..B, novel B+1..B+N)."""
         return GFSSClassMap(self.base_classes, self.novel_classes, self.num_dataset_classes)
+
+    def novel_only(self) -> "GFSSRun":
+        """The run without its base-class shots (what DIaM and the prototype baseline see)."""
+        n = len(self.novel_classes) * self.shots
+        return dataclasses.replace(self, support=self.support[:n], support_classes=self.support_classes[:n],
+                                   support_ids=self.support_ids[:n], base_shots=0)
 
     @classmethod
     def from_json(cls, d: dict) -> "GFSSRun":

@@ -5,6 +5,7 @@
   (:func:`get_base_model`);
 * :mod:`.gfss`: generalized FSS runs on a base model's features (:class:`GFSSExperiment`).
 """
-from .fss import DATASET_DEFAULTS, PROTOCOLS, FSSConfig, FSSExperiment, run_fss
+from ..data.defaults import DATASET_DEFAULTS, PROTOCOLS
+from .fss import FSSConfig, FSSExperiment, as_method, run_fss
 
-__all__ = ["DATASET_DEFAULTS", "PROTOCOLS", "FSSConfig", "FSSExperiment", "run_fss"]
+__all__ = ["DATASET_DEFAULTS", "PROTOCOLS", "FSSConfig", "FSSExperiment", "as_method", "run_fss"]

@@ -20,12 +20,11 @@ from typing import NamedTuple
 
 import torch
 
-from ..data import PairTransform, create_dataset
+from ..data import PairTransform, create_dataset, dataset_defaults
 from ..data.base_training import BaseTrainingSet
 from ..data.class_maps import GFSSClassMap
 from ..engine.train import TrainConfig, TrainHistory, train_base
 from ..models.pspnet import PSPNet
-from .fss import DATASET_DEFAULTS
 
 #: Training length and optimiser of the two recipes (keywords of :class:`~fss_lab.engine.train.TrainConfig`).
 RECIPES: dict[str, dict] = {
@@ -45,7 +44,7 @@ class BaseModelConfig:
         backbone: a registered backbone for the PSPNet.
         novel_policy: ``"ignore"`` (RePRI; DIaM's data code), ``"background"`` (BAM's base learners, which DIaM
             evaluated, and what DIaM's distillation assumes: notebook 04 (e)) or ``"drop"`` (GFS-Seg).
-        image_size: ``(H, W)``; default: the dataset's (:data:`~fss_lab.experiments.fss.DATASET_DEFAULTS`).
+        image_size: ``(H, W)``; default: the dataset's (:data:`~fss_lab.data.defaults.DATASET_DEFAULTS`).
         quick: the CPU recipe (True) or the GPU recipe (False), see :data:`RECIPES`.
         overrides: :class:`TrainConfig` fields that replace the recipe's (e.g. ``{"iterations": 50}``).
         contrastive_weight: lambda of seed 002's pixel contrastive term (0 = plain CE).
@@ -70,8 +69,7 @@ class BaseModelConfig:
 
     def resolved_size(self) -> tuple[int, int]:
         """The image size in pixels, the dataset default filled in."""
-        defaults = DATASET_DEFAULTS.get(self.dataset, DATASET_DEFAULTS["folder"])
-        return tuple(self.image_size or defaults["image_size"])
+        return tuple(self.image_size or dataset_defaults(self.dataset)["image_size"])
 
     def checkpoint_path(self) -> Path:
         """``<cache_dir>/<dataset>_fold<f>_<backbone>_<policy>_<quick|full>_<HxW>[_ctr<lambda>]_s<seed>.pt``."""
@@ -124,7 +122,7 @@ def get_base_model(config: BaseModelConfig, progress: bool = True) -> BaseModel:
     class_map = GFSSClassMap.from_fold(train_ds, config.fold)
     model = build_model(config, class_map.num_base)
     pre = model.backbone.preprocessing
-    mode = DATASET_DEFAULTS.get(config.dataset, DATASET_DEFAULTS["folder"])["transform_mode"]
+    mode = dataset_defaults(config.dataset)["transform_mode"]
     transform = PairTransform(config.resolved_size(), mode, tuple(pre.mean), tuple(pre.std))
     train_set = BaseTrainingSet(train_ds, class_map, config.novel_policy, transform, augment=not config.quick,
                                 seed=config.seed)
@@ -147,31 +145,3 @@ def build_model(config: BaseModelConfig, num_base: int) -> PSPNet:
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
         torch.manual_seed(config.seed)
         return PSPNet(config.backbone, num_classes=1 + num_base, freeze_backbone=config.quick)
-
-
-class ModelFeatures(torch.nn.Module):
-    """A frozen view of a base model for :class:`~fss_lab.models.features.FeatureCache`:
-    ``images [B, 3, H, W] -> features [B, C, h, w]``.
-
-    Args:
-        model: a trained :class:`PSPNet` (kept in eval mode, no gradients).
-        source: ``"bottleneck"`` (``model.features``: what the classifier sees; DIaM, RePRI, last-layer
-            fine-tuning) or ``"backbone"`` (``model.backbone_features``: fine-tuning all layers after the backbone).
-    """
-
-    def __init__(self, model: PSPNet, source: str = "bottleneck"):
-        super().__init__()
-        if source not in ("bottleneck", "backbone"):
-            raise ValueError(f"source must be 'bottleneck' or 'backbone', got {source!r}")
-        self.model, self.source = model, source
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self.model.eval()
-        images = images.to(self.device)
-        out = self.model.features(images) if self.source == "bottleneck" else self.model.backbone_features(images)
-        return out.float()

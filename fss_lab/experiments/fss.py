@@ -13,32 +13,19 @@ from typing import Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from ..data import EpisodeList, PairTransform, TransformedItems, create_dataset, sample_fss_episodes
+from ..data import (PROTOCOLS, EpisodeList, PairTransform, TransformedItems, create_dataset, dataset_defaults,
+                    sample_fss_episodes)
 from ..data.episode import Episode
 from ..data.episodic import EpisodeDataset
 from ..engine.device import resolve_device
-from ..engine.evaluate import FSSResult, evaluate_fss
-from ..methods.base import FewShotMethod
+from ..engine.evaluate import Result, evaluate_fss
+from ..methods.base import Method
 from ..models.backbones import create_backbone
 from ..models.features import FeatureCache, FeatureExtractor
 
-#: Per-dataset defaults: image size (H, W), transform mode and episode protocol.
-#: "same_split": queries and supports from the val split (PFENet/BAM/RePRI). "cross_group": queries from val,
-#: supports from train images of other groups (CamVid videos), the honest protocol for video frames.
-DATASET_DEFAULTS: dict[str, dict] = {
-    "synthetic": {"image_size": (192, 192), "transform_mode": "resize", "protocol": "same_split"},
-    "camvid": {"image_size": (240, 320), "transform_mode": "resize", "protocol": "cross_group"},
-    "folder": {"image_size": (240, 320), "transform_mode": "long_side_pad", "protocol": "same_split"},
-    "pascal5i": {"image_size": (417, 417), "transform_mode": "long_side_pad", "protocol": "same_split"},
-    "coco20i": {"image_size": (417, 417), "transform_mode": "long_side_pad", "protocol": "same_split"},
-    "fss1000": {"image_size": (224, 224), "transform_mode": "resize", "protocol": "same_split"},
-}
-PROTOCOLS = ("same_split", "cross_group")
-
-
 @dataclass
 class FSSConfig:
-    """One FSS experiment. ``None`` fields take the dataset's defaults from :data:`DATASET_DEFAULTS`.
+    """One FSS experiment. ``None`` fields take the dataset's defaults (:data:`fss_lab.data.DATASET_DEFAULTS`).
 
     Attributes:
         dataset / data_root: see :func:`fss_lab.data.create_dataset`.
@@ -72,7 +59,7 @@ class FSSConfig:
 
     def resolved(self) -> "FSSConfig":
         """A copy with the dataset defaults filled in; ``ValueError`` for an unknown protocol."""
-        defaults = DATASET_DEFAULTS.get(self.dataset, DATASET_DEFAULTS["folder"])
+        defaults = dataset_defaults(self.dataset)
         out = dataclasses.replace(
             self,
             image_size=tuple(self.image_size or defaults["image_size"]),
@@ -139,28 +126,52 @@ class FSSExperiment:
         """Episode ``n`` of the ``shots``-shot list as tensors (for figures)."""
         return EpisodeDataset(self.episodes(shots), self.query_items, self.support_items)[n]
 
-    def run(self, method: FewShotMethod, shots: int, keep_predictions: int = 0, progress: bool = True) -> FSSResult:
-        """Evaluate ``method`` on the ``shots``-shot episodes (features from the shared caches)."""
-        return evaluate_fss(
-            method,
-            self.episodes(shots),
-            self.query_items,
-            self.support_items,
-            self.query_cache,
-            self.support_cache,
-            device=self.device,
-            keep_predictions=keep_predictions,
-            progress=progress,
-        )
+    def evaluate(self, method: Method | Callable[[], Method], shots: int, *, label: str | None = None,
+                 keep_predictions: int = 0, progress: bool = True) -> Result:
+        """Evaluate a method (or a zero-argument factory) on the ``shots``-shot episodes, features from the shared
+        caches (the level is named after the extractor's first level).
+
+        Args:
+            method: a :class:`~fss_lab.methods.base.Method` handling 1-way tasks, or ``() -> Method``.
+            shots: K. label: the ``method`` name in the result (default: the method's ``name``).
+            keep_predictions / progress: as :func:`~fss_lab.engine.evaluate.evaluate_fss`.
+
+        Returns:
+            :class:`~fss_lab.engine.evaluate.Result` of kind ``"fss"``.
+        """
+        m = as_method(method)
+        level = self.config.levels[0]
+        res = evaluate_fss(m, self.episodes(shots), self.query_items, self.support_items,
+                           {level: self.query_cache}, {level: self.support_cache}, device=self.device,
+                           keep_predictions=keep_predictions, progress=progress)
+        if label:
+            res.method = label
+        return res
+
+
+def as_method(method: Method | Callable[[], Method]) -> Method:
+    """A method instance from an instance or a zero-argument factory.
+
+    Raises:
+        TypeError: neither (names what was given).
+    """
+    if isinstance(method, Method):
+        return method
+    if callable(method):
+        out = method()
+        if isinstance(out, Method):
+            return out
+        raise TypeError(f"the method factory returned {type(out).__name__}, not a fss_lab Method")
+    raise TypeError(f"expected a Method or a factory () -> Method, got {type(method).__name__}")
 
 
 def run_fss(
     config: FSSConfig,
-    methods: Mapping[str, Callable[[], FewShotMethod]],
+    methods: Mapping[str, Callable[[], Method]],
     shots: Sequence[int] | None = None,
     backbone: torch.nn.Module | None = None,
     progress: bool = True,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, int], FSSResult]]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, int], Result]]:
     """Run several methods and shot counts on one configuration.
 
     Args:
@@ -170,15 +181,13 @@ def run_fss(
 
     Returns:
         ``(summary, per_class, results)``: a tidy summary (one row per method and K, with mIoU and FB-IoU), a tidy
-        per-class table, and the :class:`FSSResult` objects keyed by ``(label, K)``.
+        per-class table, and the :class:`~fss_lab.engine.evaluate.Result` objects keyed by ``(label, K)``.
     """
     exp = FSSExperiment(config, backbone=backbone)
     results = {}
     for k in shots or exp.config.shots:
         for label, make in methods.items():
-            res = exp.run(make(), k, progress=progress)
-            res.method = label
-            results[(label, k)] = res
+            results[(label, k)] = exp.evaluate(make, k, label=label, progress=progress)
     summary = pd.DataFrame([r.summary() for r in results.values()])
     per_class = pd.concat([r.per_class_frame() for r in results.values()], ignore_index=True)
     return summary, per_class, results

@@ -12,13 +12,16 @@ from typing import Callable
 
 import pandas as pd
 
-from ..data import EpisodeList, TransformedItems, create_dataset, sample_fss_episodes
+from ..data import GFSS_DEFAULTS, EpisodeList, TransformedItems, create_dataset, sample_fss_episodes
 from ..data.gfss import GFSSRun, GFSSRuns, gfss_runs
 from ..engine.device import resolve_device
-from ..engine.evaluate_gfss import GFSSResult, average_runs, evaluate_gfss
-from ..methods.base import GFSSMethod
-from ..models.features import FeatureCache
-from .base_model import BaseModel, BaseModelConfig, ModelFeatures, get_base_model
+from ..engine.evaluate import (Result, average_runs, evaluate_episode_gfss, evaluate_fss, evaluate_gfss,
+                               gfss_task_groups, level_caches)
+from ..methods.task import Task
+from ..methods.base import Method
+from ..models.features import FeatureCache, ModelFeatures
+from .base_model import BaseModel, BaseModelConfig, get_base_model
+from .fss import as_method
 
 
 @dataclass
@@ -61,17 +64,10 @@ class GFSSConfig:
 
 
 def gfss_config_for(dataset: str, data_root: str | None, fold: int, **kwargs) -> GFSSConfig:
-    """The :class:`GFSSConfig` a notebook wants for ``dataset``: the generated data use their own area rule; CamVid
-    draws supports from the other videos' training frames (cross-video), allows several novel classes per
-    support image, and draws no separate base shots: every street frame holds some novel class, so no image
-    qualifies as a base-only shot, while the novel supports (fully labelled for fine-tuning) already show every
-    base class. ``kwargs`` override any field."""
-    if dataset == "synthetic":
-        kwargs.setdefault("min_area", "dataset")
-    if dataset == "camvid":
-        kwargs = {"min_area": "dataset", "support_split": "train", "cross_group": True, "only_one_novel": False,
-                  "base_shots": False, **kwargs}
-    return GFSSConfig(dataset, data_root, fold, **kwargs)
+    """The :class:`GFSSConfig` a notebook wants for ``dataset``: the dataset's GFSS settings
+    (:data:`fss_lab.data.defaults.GFSS_DEFAULTS`, e.g. CamVid's cross-video supports) under ``kwargs``, which
+    override any field."""
+    return GFSSConfig(dataset, data_root, fold, **{**GFSS_DEFAULTS.get(dataset, {}), **kwargs})
 
 
 class GFSSExperiment:
@@ -136,42 +132,84 @@ class GFSSExperiment:
             return self.support_items, self.support_caches[source]
         return self.items, self.caches[source]
 
-    @staticmethod
-    def novel_only(run: GFSSRun) -> GFSSRun:
-        """The run without its base-class shots (what DIaM and the prototype baseline see)."""
-        n = len(run.novel_classes) * run.shots
-        return dataclasses.replace(run, support=run.support[:n], support_classes=run.support_classes[:n],
-                                   support_ids=run.support_ids[:n], base_shots=0)
-
-    def evaluate_run(self, method: GFSSMethod, run: GFSSRun, **kwargs) -> GFSSResult:
-        """Fit ``method`` on ``run``'s support set and score it on the run's queries."""
-        source = getattr(method, "feature_source", "bottleneck")
-        if getattr(method, "support_base_pixels", "background") != "keep":
-            run = self.novel_only(run)
-        return evaluate_gfss(method, run, self.caches[source], self.items,
-                             support_features=self.support_caches[source], support_items=self.support_items,
-                             device=self.device, class_names=self.class_names, **kwargs)
-
-    def evaluate(self, make_method: Callable[[int], GFSSMethod], shots: int, label: str | None = None,
-                 average: bool = True, **kwargs) -> pd.DataFrame:
-        """Score a method on every run of ``shots``.
+    def evaluate_run(self, method: Method | Callable[[], Method], run: GFSSRun, **kwargs) -> Result:
+        """Fit a method on ``run``'s support set and score it on the run's queries (each method reads the feature
+        level it declares; base-class shots only for methods that keep base pixels).
 
         Args:
-            make_method: ``shots -> method`` (a fresh method per call; it is re-fit on each run).
+            method: a GFSS :class:`~fss_lab.methods.base.Method` or a zero-argument factory.
+            run: one of :meth:`runs`.
+            kwargs: passed to :func:`~fss_lab.engine.evaluate.evaluate_gfss` (``batch_size``, ``keep_predictions``).
+        """
+        return evaluate_gfss(as_method(method), run, self.caches, self.items, support_features=self.support_caches,
+                             support_items=self.support_items, device=self.device, class_names=self.class_names,
+                             **kwargs)
+
+    def task(self, method: Method, run: GFSSRun, queries: list[int] | None = None, *, labels: bool = False) -> Task:
+        """The :class:`~fss_lab.methods.task.Task` the evaluator builds for ``method`` on ``run`` (to look inside
+        one fit, e.g. DIaM's snapshots), for the query dataset indices ``queries`` (default: all of the run's).
+
+        Args:
+            labels: attach ``query_labels`` even when the method does not read them (for figures).
+        """
+        if queries is not None:
+            pos = [list(run.query).index(int(i)) for i in queries]
+            run = dataclasses.replace(run, query=tuple(run.query[p] for p in pos),
+                                      query_ids=tuple(run.query_ids[p] for p in pos))
+        caches = level_caches(self.caches, method)
+        s_caches = level_caches(self.support_caches, method)
+        group = next(gfss_task_groups(method, run, self.items, self.support_items, caches, s_caches,
+                                      device=self.device, batch_size=len(run.query)))
+        task = group.tasks[0]
+        if labels and task.query_labels is None:
+            task.query_labels = group.labels[0].to(self.device)
+        return task
+
+    def evaluate(self, method: Method | Callable[[], Method], shots: int, label: str | None = None,
+                 average: bool = True, **kwargs) -> pd.DataFrame:
+        """Score a method on every GFSS run of ``shots`` (the same runs for every method).
+
+        Args:
+            method: a GFSS method (re-fit on each run) or a zero-argument factory (called once).
             shots: K.
             label: the name in the ``method`` column (default: the method's ``name``).
             average: one row averaged over runs (mean, ``_std``, ``runs``) or one row per run.
-            kwargs: passed to :func:`~fss_lab.engine.evaluate_gfss.evaluate_gfss` (e.g. ``batch_size``).
+            kwargs: passed to :func:`~fss_lab.engine.evaluate.evaluate_gfss` (e.g. ``batch_size``).
 
         Returns:
             Tidy ``pandas.DataFrame`` with base, novel, mean and harmonic scores (fractions in [0, 1]).
         """
-        method = make_method(shots)
+        m = as_method(method)
         rows = []
         for run in self.runs(shots):
-            summary = self.evaluate_run(method, run, **kwargs).summary()
+            summary = self.evaluate_run(m, run, **kwargs).summary()
             if label:
                 summary["method"] = label
             rows.append(summary)
         frame = pd.DataFrame(rows)
         return average_runs(frame) if average else frame
+
+    def evaluate_episodes(self, method: Method | Callable[[], Method], episodes: EpisodeList, *,
+                          scoring: str = "fss", label: str | None = None, keep_predictions: int = 0) -> Result:
+        """Score a method on 1-way episodes of this experiment's data (:meth:`fss_episodes`), on the base model's
+        features: ``scoring="fss"`` (FSS mIoU / FB-IoU, label space bg / fg) or ``"gfss"`` (seed 002's
+        ``(B + 2)``-way scoring: base and novel mIoU, :func:`~fss_lab.engine.evaluate.evaluate_episode_gfss`).
+
+        Raises:
+            ValueError: an unknown ``scoring``.
+        """
+        m = as_method(method)
+        s_items, s_caches = (self.support_items, self.support_caches) if self.config.cross_group else \
+            (self.items, self.caches)
+        if scoring == "fss":
+            res = evaluate_fss(m, episodes, self.items, s_items, self.caches, s_caches, device=self.device,
+                               keep_predictions=keep_predictions, progress=False)
+        elif scoring == "gfss":
+            res = evaluate_episode_gfss(m, episodes, self.items, self.caches, self.class_map, support_items=s_items,
+                                        support_features=s_caches, device=self.device,
+                                        keep_predictions=keep_predictions)
+        else:
+            raise ValueError(f"scoring must be 'fss' or 'gfss', got {scoring!r}")
+        if label:
+            res.method = label
+        return res

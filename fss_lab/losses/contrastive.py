@@ -14,9 +14,10 @@ sampling. Details kept from the official code:
   negatives = the sampled pixels of other classes;
 * each positive pair's denominator is its own term plus the negatives only (not the other positives);
 * the per-anchor loss is scaled by ``temperature / base_temperature`` (0.1 / 0.07);
-* background anchors: the report excludes background from anchor sampling. As in the official code
-  (``bg_anchor=False``), background pixels are still sampled, so they are negatives for the other classes, but their
-  own anchor losses are dropped from the mean (``background_anchors=False``, the default here).
+* background anchors: the official ``PixelContrastLoss`` defaults to background anchors **on**
+  (``background_anchors=True``, the default here): background pixels are anchors like any class. The report's text
+  excludes background from anchor sampling: ``background_anchors=False`` keeps background pixels as negatives for
+  the other classes but drops their own anchor losses from the mean.
 
 Deviations (documented, where the official code fails): a batch with no qualifying class gives a zero loss (the
 official code crashes); anchors without any positive are left out of the mean (the official code gives NaN); the
@@ -147,7 +148,7 @@ def pixel_contrastive_loss(
     max_samples: int = 1024,
     max_views: int = 100,
     ignore_index: int = IGNORE_INDEX,
-    background_anchors: bool = False,
+    background_anchors: bool = True,
     background_index: int = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -163,7 +164,8 @@ def pixel_contrastive_loss(
         Returns: float scalar (0 with a graph when no class has more than ``max_views`` pixels).
 
     Args:
-        background_anchors: ``False`` (report): background pixels are sampled as negatives but are not anchors.
+        background_anchors: ``True`` (official default): background pixels are anchors too; ``False`` (the
+            report's text): background pixels are sampled as negatives but are not anchors.
 
     Raises:
         ValueError: shapes disagree.
@@ -198,7 +200,7 @@ class ContrastiveTerm(nn.Module):
         max_samples: int = 1024,
         max_views: int = 100,
         ignore_index: int = IGNORE_INDEX,
-        background_anchors: bool = False,
+        background_anchors: bool = True,
         normalize: bool = True,
         projection: nn.Module | None = None,
         seed: int | None = 0,

@@ -1,145 +1,136 @@
-"""The one interface every few-shot method shares: ``fit`` on a support set, ``predict`` query logits.
+"""The one contract every few-shot method follows: ``fit(task) -> self``, ``predict(task) -> logits``.
 
-Methods work on features from a frozen extractor, so features can be cached per image and reused across episodes
-(:class:`fss_lab.models.features.FeatureCache`). Transductive methods (RePRI, DIaM) also receive the query features
-in :meth:`FewShotMethod.fit`; inductive ones ignore them.
+A :class:`~fss_lab.methods.task.Task` holds everything a method may see. A :class:`Method` declares what it needs
+(class attributes, read by the evaluator; nothing is discovered by inspecting signatures):
+
+* ``transductive``: ``fit`` reads the task's queries (RePRI, DIaM), so the evaluator fits again for every batch of
+  queries; inductive methods are fit once per support set and predict any number of query batches;
+* ``feature_levels``: the feature levels it reads (``()``: any single level, the task's default);
+* ``label_spaces``: ``"fss"`` (1-way episodes, ``B = 0``) and/or ``"gfss"`` (``B >= 1`` base classes);
+* ``support_base_pixels``: ``"background"`` (supports carry novel labels only: DIaM, prototypes) or ``"keep"``
+  (base pixels labelled too: fine-tuning, seed 000);
+* ``episodic_training``: the method is a model meta-trained on base-class episodes before testing;
+* ``reads_query_labels`` (per instance): it reads ``task.query_labels`` (oracle priors: upper bounds only).
+
+The shot count comes from the task, never from a constructor. ``fit_predict(tasks)`` runs several tasks; the
+default loops, vectorised methods override it, and the results must equal the loop's (a contract test checks it).
 """
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import torch
 
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
+from .task import LabelSpace, Task, check_labels
+
+FEATURE_SOURCES = ("bottleneck", "backbone")
 
 
-class FewShotMethod(abc.ABC):
-    """Adapts to a support set, then segments queries.
+class UnsupportedTaskError(ValueError):
+    """A method was given a task it declares it cannot handle (the message names the method and the fix)."""
 
-    Subclasses set ``name`` and implement :meth:`fit` and :meth:`predict`.
+
+class NotFittedError(RuntimeError):
+    """``predict`` was called before ``fit``."""
+
+
+class Method(abc.ABC):
+    """A few-shot method: adapts to a task's support set, then returns logits for the task's queries.
+
+    Subclasses set the capability attributes (module docstring) and implement :meth:`fit` and :meth:`predict`.
     """
 
     name: ClassVar[str] = "method"
     transductive: ClassVar[bool] = False
+    feature_levels: ClassVar[tuple[str, ...]] = ()
+    label_spaces: ClassVar[tuple[str, ...]] = ("fss",)
+    support_base_pixels: ClassVar[str] = "background"
+    episodic_training: ClassVar[bool] = False
+    reads_query_labels: bool = False
 
     @abc.abstractmethod
-    def fit(
-        self,
-        support_features: torch.Tensor,
-        support_masks: torch.Tensor,
-        query_features: torch.Tensor | None = None,
-    ) -> "FewShotMethod":
-        """Adapt to one episode.
+    def fit(self, task: Task) -> "Method":
+        """Adapt to ``task``'s support set (and, if ``transductive``, its queries); returns ``self``.
 
-        Args:
-            support_features: float32 ``[K, D, h, w]`` features of the K support images.
-            support_masks: integer (int64 or uint8) ``[K, H, W]`` labels at image resolution (FSS: 0/1, 255 = ignore).
-            query_features: float32 ``[Q, D, h, w]``; used only by transductive methods.
-
-        Returns:
-            ``self``.
+        Raises:
+            UnsupportedTaskError: a label space the method does not declare. ValueError: bad shapes or labels.
         """
 
     @abc.abstractmethod
-    def predict(self, query_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Segment queries.
+    def predict(self, task: Task) -> torch.Tensor:
+        """Logits ``[Q, 1 + B + N, H, W]`` float32 (or log-probabilities, which keep the official argmax) for the
+        task's queries at ``task.size``.
 
-        Args:
-            query_features: float32 ``[Q, D, h, w]``.
-            size: ``(H, W)`` in pixels of the returned logits (the label resolution).
-
-        Returns:
-            float32 logits ``[Q, C, H, W]`` (``C = 2`` for 1-way FSS: background, foreground). Not probabilities.
+        Raises:
+            NotFittedError: called before :meth:`fit`; ValueError: queries a transductive fit did not see.
         """
 
-    def fit_predict(
-        self,
-        support_features: torch.Tensor,
-        support_masks: torch.Tensor,
-        query_features: torch.Tensor,
-        size: tuple[int, int],
-    ) -> torch.Tensor:
-        """``fit`` then ``predict``; transductive methods see the query in ``fit``."""
-        self.fit(support_features, support_masks, query_features if self.transductive else None)
-        return self.predict(query_features, size)
+    def fit_predict(self, tasks: Sequence[Task]) -> list[torch.Tensor]:
+        """``fit`` then ``predict`` each task; a list of logits ``[Q_t, 1 + B + N, H, W]``.
 
-
-    def fit_predict_episodes(
-        self,
-        support_features: torch.Tensor,
-        support_masks: torch.Tensor,
-        query_features: torch.Tensor,
-        size: tuple[int, int],
-    ) -> torch.Tensor:
-        """Run E independent episodes of equal K and Q at once.
-
-        Args:
-            support_features: ``[E, K, D, h, w]``; support_masks: int64 ``[E, K, H, W]``;
-            query_features: ``[E, Q, D, h, w]``; size: ``(H, W)`` of the logits.
-
-        Returns:
-            logits ``[E, Q, C, H, W]``. The default loops over episodes with :meth:`fit_predict`; methods with a
-            vectorised form override it (the results must be the same as the loop's).
+        Vectorised methods override this; their results must equal this loop's.
         """
-        return torch.stack(
-            [self.fit_predict(sf, sm, qf, size) for sf, sm, qf in zip(support_features, support_masks, query_features)]
-        )
+        return [self.fit(t).predict(t) for t in tasks]
+
+    # ---- capability checks shared by every method ----------------------------------------------------------
+
+    @classmethod
+    def supports(cls, space: LabelSpace) -> bool:
+        """Whether the method handles tasks of ``space`` (``"fss"`` for ``B = 0``, else ``"gfss"``)."""
+        return ("fss" if space.num_base == 0 else "gfss") in cls.label_spaces
+
+    def check_task(self, task: Task) -> None:
+        """Raise :class:`UnsupportedTaskError` for an undeclared label space, ``ValueError`` for labels outside
+        the label space or a novel class without a support pixel."""
+        if not self.supports(task.label_space):
+            kind = "1-way FSS" if task.label_space.num_base == 0 else "GFSS"
+            raise UnsupportedTaskError(
+                f"{self.name} handles {' and '.join(self.label_spaces)} tasks, not {kind} tasks "
+                f"(B={task.label_space.num_base}, N={task.label_space.num_novel}); pick a method from "
+                f"fss_lab.methods.list_methods('{'fss' if kind == '1-way FSS' else 'gfss'}')")
+        check_labels(task.support_labels, task.label_space)
+        present = torch.zeros(task.label_space.num_classes + 1, dtype=torch.bool)
+        lab = task.support_labels.long()
+        for c in task.label_space.novel_ids:
+            present[c] = bool((lab == c).any())
+        missing = [c for c in task.label_space.novel_ids if not present[c]]
+        if missing:
+            raise ValueError(f"{self.name}: novel class(es) {missing} have no support pixel ({task.describe()}); each "
+                             "support must show its class (sample with a min_area, or use a larger image size)")
+
+    def features_of(self, task: Task) -> str | None:
+        """The level this method reads in ``task`` (its declared one, else the task's default)."""
+        return self.feature_levels[0] if self.feature_levels else None
 
 
-class GFSSMethod(abc.ABC):
-    """Generalized FSS: extend a base model to N novel classes from a support set, then segment queries into
-    background, the B base classes and the N novel classes at once.
-
-    Label space (:class:`fss_lab.data.class_maps.GFSSClassMap`): ``0`` background, ``1..B`` base, ``B+1..B+N`` novel,
-    ``255`` ignore. Constructors take what each method needs from the base model (its classifier, its head).
-    """
-
-    name: ClassVar[str] = "gfss-method"
-    transductive: ClassVar[bool] = False
-
-    @abc.abstractmethod
-    def fit(
-        self,
-        support_features: torch.Tensor,
-        support_labels: torch.Tensor,
-        query_features: torch.Tensor | None = None,
-    ) -> "GFSSMethod":
-        """Adapt to one support set.
-
-        Args:
-            support_features: float32 ``[S, D, h, w]`` features of the S support images.
-            support_labels: int64 ``[S, H, W]`` GFSS labels at image resolution (novel classes labelled; base pixels
-                labelled when the protocol provides them, else 0); 255 ignore.
-            query_features: float32 ``[Q, D, h, w]``; used by transductive methods (DIaM) only.
-        """
-
-    @abc.abstractmethod
-    def predict(self, query_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Logits ``[Q, 1 + B + N, H, W]`` (float32, not probabilities) at ``size`` pixels."""
-
-
-def check_support(support_features: torch.Tensor, support_masks: torch.Tensor) -> None:
-    """Validate a support set's shapes and labels; ``ValueError`` names the tensor, its shape and the fix."""
-    if support_features.dim() != 4:
-        raise ValueError(f"support_features must be [K, D, h, w], got shape {tuple(support_features.shape)}")
-    if support_masks.dim() != 3:
-        raise ValueError(f"support_masks must be [K, H, W], got shape {tuple(support_masks.shape)}")
-    if support_features.shape[0] != support_masks.shape[0]:
-        raise ValueError(
-            f"{support_features.shape[0]} support feature maps but {support_masks.shape[0]} support masks; "
-            "pass one mask per support image"
-        )
-    bad = (support_masks > 1) & (support_masks != IGNORE_INDEX)
-    if support_masks.is_signed():
-        bad |= support_masks < 0
-    if bool(bad.any()):
-        extra = sorted(set(support_masks[bad].tolist()))
-        raise ValueError(f"support masks of a 1-way episode must hold 0, 1 or 255, found {extra}")
-    fg = (support_masks == 1).flatten(1).any(1)
+def check_fss_support(task: Task) -> None:
+    """Every support of a 1-way task shows the foreground: ``ValueError`` lists the shots without a foreground
+    pixel (and, from :func:`~fss_lab.methods.task.check_labels`, labels other than 0/1/255)."""
+    check_labels(task.support_labels, task.label_space)
+    fg = (task.support_labels == 1).flatten(1).any(1)
     if not bool(fg.all()):
         bad_shots = [int(k) for k in torch.nonzero(~fg).flatten()]
         raise ValueError(
-            f"support masks {bad_shots} have no foreground pixel; each support must show the class "
-            "(sample with a min_area, or use a larger image size)"
-        )
+            f"support masks {bad_shots} have no foreground pixel ({task.describe()}); each support must show the "
+            "class (sample with a min_area, or use a larger image size)")
+
+
+def stack_tasks(tasks: Sequence[Task], level: str | None = None):
+    """Stack equal-sized tasks for a vectorised method: ``(support [E, K, D, h, w], support labels [E, K, H, W],
+    query [E, Q, D, h, w], query_valid [E, Q, H, W] or None)``.
+
+    Raises:
+        ValueError: tasks whose shapes differ (vectorised methods then fall back to the loop).
+    """
+    shapes = {(t.support(level).shape, t.query(level).shape, t.support_labels.shape, t.size) for t in tasks}
+    if len(shapes) != 1:
+        raise ValueError(f"cannot stack tasks of different shapes: {sorted(map(str, shapes))}")
+    valid = None if all(t.query_valid is None for t in tasks) else torch.stack([t.valid() for t in tasks])
+    return (torch.stack([t.support(level) for t in tasks]), torch.stack([t.support_labels for t in tasks]),
+            torch.stack([t.query(level) for t in tasks]), valid)
+
+
+__all__ = ["FEATURE_SOURCES", "IGNORE_INDEX", "Method", "NotFittedError", "UnsupportedTaskError", "check_fss_support",
+           "stack_tasks"]

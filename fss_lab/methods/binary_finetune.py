@@ -9,14 +9,21 @@ Information Modeling" (NYU capstone report, 2022), Sec. 3.4-3.5 and 4.2; officia
   classifier: :class:`BackgroundAwareFineTuning` (Table 2 "|C_base|+2", Table 3/4 "DL" with gamma = 10);
 * a plain 2-way classifier trained with weighted CE ``[1, n_bg / n_fg]``: :class:`BinaryFineTuning` (Table 2 "2").
 
-Differences from the official code, on purpose:
+Official behaviour (the defaults; checked against the official code, fss-methods.md sections 4c and 7):
+
+* logits are up-sampled bilinearly with ``align_corners=True`` (``align_corners=False``: the package's variant);
+* the (B + 2)-way head is a 1x1 conv **without bias** (``bias=True``: the package's variant, base biases copied);
+* the binary prediction up-samples the (B + 2) logits and compares the novel logit with the **max over the other
+  classes** (``binary_rule="max"``); ``binary_rule="logsumexp"`` (the package's variant) folds the other classes by
+  log-sum-exp on the feature grid first, then up-samples the two maps.
+
+Differences from the official code that remain, on purpose:
 
 * it L2-normalises the query features but not the support features (``norm_q=True, norm_s=False``); here both are
   used as they come, so base logits match the base model's;
-* it computes the support loss on logits bilinearly up-sampled to the image (473 x 473); here the default is the
-  feature grid with nearest-down-sampled labels (``loss_resolution="feature"``, as DIaM/RePRI do; ~40x faster on
-  a CPU); ``loss_resolution="image"`` gives the official variant;
-* ``predict`` folds the (B + 2) logits into (bg, fg) on the feature grid, then up-samples the two maps bilinearly.
+* it computes the support loss on logits up-sampled to the image (473 x 473); here the default is the feature grid
+  with nearest-down-sampled labels (``loss_resolution="feature"``, as DIaM/RePRI do; ~40x faster on a CPU);
+  ``loss_resolution="image"`` with the default ``align_corners=True`` is the official loss.
 """
 from __future__ import annotations
 
@@ -24,13 +31,16 @@ import math
 from typing import ClassVar
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 from ..losses.unbiased import background_shift_distillation, binary_class_weights, binary_log_probs
-from .base import FewShotMethod, check_support
-from .prototype import downsample_masks, masked_average_pooling
+from ..ops import classifier_rows, masked_average_pooling, resize_labels
+from .base import Method, NotFittedError, check_fss_support, stack_tasks
+from .registry import register_method
+from .task import Task
+
+BINARY_RULES = ("max", "logsumexp")
 
 
 def linear_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -61,26 +71,36 @@ def feature_labels(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     A shot whose foreground disappears (an object smaller than a feature cell) instead marks every cell its
     foreground touches as 1, so each support still shows the class.
     """
-    labels = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    labels = resize_labels(masks, size, "nearest")
     lost = ~(labels == 1).flatten(1).any(1) & (masks == 1).flatten(1).any(1)
     if bool(lost.any()):
-        touched = downsample_masks(masks[lost], size, num_classes=2)[:, 1] > 0
+        touched = resize_labels(masks[lost], size, "area", num_classes=2)[:, 1] > 0
         labels[lost] = torch.where(touched, torch.ones_like(labels[lost]), labels[lost])
     return labels
 
 
-class _EpisodeFineTuning(FewShotMethod):
+def max_rule_binary(logits: torch.Tensor, novel_index: int) -> torch.Tensor:
+    """The official binary prediction of a multi-class head: ``[bg, fg] = [max_{k != novel} z_k, z_novel]``.
+
+    Shape: logits float ``[Q, C, H, W]`` (already up-sampled) -> ``[Q, 2, H, W]``; the argmax is "foreground where
+    the novel logit beats every other class" (GFSS-Capstone ``mib.py``).
+    """
+    others = torch.cat([logits[:, :novel_index], logits[:, novel_index + 1:]], dim=1)
+    return torch.stack([others.max(1).values, logits[:, novel_index]], dim=1)
+
+
+class _EpisodeFineTuning(Method):
     """Shared loop: init a classifier per episode, plain SGD on the support loss, predict with the result."""
 
-    feature_source: ClassVar[str] = "bottleneck"
     train_bias: bool = True
 
-    def __init__(self, steps: int, lr: float, loss_resolution: str, seed: int):
+    def __init__(self, steps: int, lr: float, loss_resolution: str, seed: int, align_corners: bool):
         if loss_resolution not in ("feature", "image"):
             raise ValueError(f"loss_resolution must be 'feature' or 'image', got {loss_resolution!r}")
         if steps < 0 or lr <= 0:
             raise ValueError(f"need steps >= 0 and lr > 0, got steps={steps}, lr={lr}")
         self.steps, self.lr, self.loss_resolution, self.seed = steps, lr, loss_resolution, seed
+        self.align_corners = bool(align_corners)
         self.weight: torch.Tensor | None = None  # [C, D] after fit
         self.bias: torch.Tensor | None = None  # [C]
         self.support_losses: list[float] = []  # loss before each SGD step (summed over episodes)
@@ -95,6 +115,9 @@ class _EpisodeFineTuning(FewShotMethod):
     def _prepare(self, features, labels) -> dict:
         return {}
 
+    def _up(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+
     def _fresh_rows(self, rows: int, dim: int, like: torch.Tensor) -> torch.Tensor:
         """``nn.Conv2d``'s default weight init, U(-1/sqrt(D), 1/sqrt(D)), drawn from ``seed`` (same every fit)."""
         g = torch.Generator().manual_seed(self.seed)
@@ -105,7 +128,7 @@ class _EpisodeFineTuning(FewShotMethod):
         if self.loss_resolution == "feature":
             return logits
         e, n = logits.shape[:2]
-        up = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
+        up = self._up(logits.flatten(0, 1), size)
         return up.view(e, n, *up.shape[1:])
 
     def _fit_episodes(self, features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,78 +156,115 @@ class _EpisodeFineTuning(FewShotMethod):
         self.support_losses = torch.stack(losses).tolist() if losses else []
         return weight.detach(), bias.detach()
 
-    def fit(self, support_features, support_masks, query_features=None):
-        check_support(support_features, support_masks)
-        weight, bias = self._fit_episodes(support_features[None], support_masks[None])
+    def _binary_masks(self, task: Task) -> torch.Tensor:
+        """The support labels as 0 / 1 / 255 (a GFSS task's novel class B+1 -> 1, every other class -> 0)."""
+        self.check_task(task)
+        if task.label_space.is_fss:
+            check_fss_support(task)
+            return task.support_labels
+        novel = task.label_space.novel_ids[0]
+        lab = task.support_labels
+        return torch.where(lab == IGNORE_INDEX, lab, (lab == novel).to(lab.dtype))
+
+    def fit(self, task: Task) -> "_EpisodeFineTuning":
+        """Train a classifier on the task's support features and binary support labels (queries not read)."""
+        masks = self._binary_masks(task)
+        weight, bias = self._fit_episodes(task.support(self.features_of(task))[None], masks[None])
         self.weight, self.bias = weight[0], bias[0]
         return self
 
-    def _check_query(self, query_features: torch.Tensor) -> None:
+    def _query_logits(self, task: Task) -> torch.Tensor:
         if self.weight is None:
-            raise RuntimeError("call fit() with a support set before predict()")
-        if query_features.dim() != 4 or query_features.shape[1] != self.weight.shape[1]:
-            raise ValueError(f"query_features must be [Q, {self.weight.shape[1]}, h, w] like the supports, "
-                             f"got {tuple(query_features.shape)}")
+            raise NotFittedError("call fit(task) with a support set before predict()")
+        fq = task.query(self.features_of(task))
+        if fq.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"query features must be [Q, {self.weight.shape[1]}, h, w] like the supports, "
+                             f"got {tuple(fq.shape)}")
+        return linear_logits(fq[None], self.weight[None], self.bias[None])[0]
 
-    def _binary(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits  # 2-way classifiers already give (bg, fg)
+    def _output(self, logits: torch.Tensor, task: Task) -> torch.Tensor:
+        """Feature-grid logits ``[Q, C, h, w]`` -> the task's output at ``task.size``."""
+        return self._up(logits, task.size)  # 2-way classifiers already give (bg, fg)
 
-    def predict(self, query_features, size):
-        self._check_query(query_features)
-        logits = linear_logits(query_features[None], self.weight[None], self.bias[None])[0]
-        return F.interpolate(self._binary(logits), size=size, mode="bilinear", align_corners=False)
+    def predict(self, task: Task) -> torch.Tensor:
+        """Logits at ``task.size``: ``[Q, 2, H, W]`` for a 1-way task (``[Q, B + 2, H, W]`` for a GFSS task of
+        the (B + 2)-way head)."""
+        return self._output(self._query_logits(task), task)
 
-    def fit_predict_episodes(self, support_features, support_masks, query_features, size):
-        """Vectorised over E episodes (each its own classifier; equal to looping :meth:`fit_predict`)."""
-        e, k, d, h, w = support_features.shape
-        check_support(support_features.reshape(e * k, d, h, w), support_masks.flatten(0, 1))
-        weight, bias = self._fit_episodes(support_features, support_masks)
-        logits = self._binary(linear_logits(query_features, weight, bias).flatten(0, 1))
+    def fit_predict(self, tasks):
+        """Vectorised over E equal-sized tasks (each its own classifier; equal to looping fit / predict)."""
+        level = self.features_of(tasks[0])
+        try:
+            fs, _, fq, _ = stack_tasks(tasks, level)
+        except ValueError:
+            return super().fit_predict(tasks)
+        masks = torch.stack([self._binary_masks(t) for t in tasks])
+        weight, bias = self._fit_episodes(fs, masks)
         self.weight, self.bias = weight[-1], bias[-1]
-        up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return up.view(e, query_features.shape[1], 2, *size)
+        logits = linear_logits(fq, weight, bias)  # [E, Q, C, h, w]
+        return [self._output(z, t) for z, t in zip(logits.unbind(0), tasks)]
 
 
+@register_method
 class BackgroundAwareFineTuning(_EpisodeFineTuning):
     """The report's GFSS fine-tuning: a (|C_base| + 2)-way classifier (bg, base 1..B, novel B+1) on frozen features,
     trained on binary support labels with ``L_FT = L_ce' + gamma * L_distil`` (report Eq. 8; Eq. 4-5 and 6-7 in
     :mod:`fss_lab.losses.unbiased`). All rows (base and novel) are trained, as in the official code.
 
     Args:
-        base_classifier: the base model's ``nn.Conv2d(D, 1 + B, 1)`` (its weight and bias are copied; it stays frozen
-            and is the distillation teacher).
+        model: the base model (``.classifier``: ``nn.Conv2d(D, 1 + B, 1)``) or that classifier; its weight and bias
+            are copied (it stays frozen and is the distillation teacher, with its bias).
         gamma: distillation weight (official ``kdl_weight`` = 10; report Table 3 sweeps 0, 5, 10, 20; 0 = Table 2's
             "|C_base| + 2" baseline).
         steps, lr: plain SGD (no momentum), 100 steps at lr 0.1 (official ``adapt_iter``, ``lr_cls``).
-        novel_init: ``"fresh"`` (official: ``nn.Conv2d`` default init, bias 0) or ``"prototype"`` (masked average of
-            the support foreground features, L2-normalised like DIaM's novel prototypes, bias 0).
+        novel_init: ``"fresh"`` (official: ``nn.Conv2d`` default init) or ``"prototype"`` (masked average of the
+            support foreground features, L2-normalised like DIaM's novel prototypes).
         loss_resolution: ``"feature"`` (default, fast: labels nearest-down-sampled to the feature grid) or
-            ``"image"`` (official: logits bilinearly up-sampled to the label size; ~40x slower on a CPU).
+            ``"image"`` (official: logits up-sampled to the label size; ~40x slower on a CPU).
+        bias: ``False`` (official: the head is a 1x1 conv without bias, so base biases are not copied) or ``True``
+            (the package's variant: base biases copied, a novel bias from 0, all trained).
+        binary_rule: ``"max"`` (official) or ``"logsumexp"`` for 1-way tasks (module docstring).
+        align_corners: of every bilinear up-sampling (official ``True``).
         seed: seeds the fresh novel row (the same init for every episode).
 
-    ``predict`` gives ``[Q, 2, H, W]`` logits (bg = log-sum-exp of all non-novel logits, fg = novel logit);
-    ``predict_all`` gives the full ``[Q, B + 2, H, W]`` logits (base mIoU). After ``fit``: ``weight [B + 2, D]``,
-    ``bias [B + 2]``, ``support_losses`` (one per step).
+    On a 1-way FSS task ``predict`` gives ``[Q, 2, H, W]`` (bg, fg) by ``binary_rule``; on a GFSS task with one
+    novel class (the seed 002 episode scoring, Tables 2-3) the full ``[Q, B + 2, H, W]`` logits. After ``fit``:
+    ``weight [B + 2, D]``, ``bias [B + 2]`` (zeros without bias), ``support_losses`` (one per step).
+
+    Raises:
+        TypeError: no 1x1 classifier. ValueError: an unknown ``novel_init`` / ``binary_rule`` / resolution.
     """
 
     name: ClassVar[str] = "background-aware-ft"
+    feature_levels: ClassVar[tuple[str, ...]] = ("bottleneck",)
+    label_spaces: ClassVar[tuple[str, ...]] = ("fss", "gfss")
 
-    def __init__(self, base_classifier: nn.Conv2d, gamma: float = 10.0, steps: int = 100, lr: float = 0.1,
-                 novel_init: str = "fresh", loss_resolution: str = "feature", seed: int = 0):
-        super().__init__(steps, lr, loss_resolution, seed)
-        if not isinstance(base_classifier, nn.Conv2d) or base_classifier.kernel_size != (1, 1):
-            raise TypeError(f"base_classifier must be the base model's 1x1 nn.Conv2d, got {base_classifier!r}")
+    def __init__(self, model, gamma: float = 10.0, steps: int = 100, lr: float = 0.1, novel_init: str = "fresh",
+                 loss_resolution: str = "feature", bias: bool = False, binary_rule: str = "max",
+                 align_corners: bool = True, seed: int = 0):
+        super().__init__(steps, lr, loss_resolution, seed, align_corners)
         if novel_init not in ("fresh", "prototype"):
             raise ValueError(f"novel_init must be 'fresh' or 'prototype', got {novel_init!r}")
-        self.base_weight = base_classifier.weight.detach()[:, :, 0, 0].clone()  # [1 + B, D]
-        b = base_classifier.bias
-        self.base_bias = b.detach().clone() if b is not None else torch.zeros(self.base_weight.shape[0])
-        self.gamma, self.novel_init = gamma, novel_init
+        if binary_rule not in BINARY_RULES:
+            raise ValueError(f"binary_rule must be one of {BINARY_RULES}, got {binary_rule!r}")
+        w, b = classifier_rows(model)
+        self.base_weight = w  # [1 + B, D]
+        self.base_bias = b if b is not None else torch.zeros(w.shape[0])
+        self.gamma, self.novel_init, self.binary_rule = gamma, novel_init, binary_rule
+        self.train_bias = bool(bias)
 
     @property
     def novel_index(self) -> int:
         """Channel of the novel class in the (B + 2)-way logits: ``B + 1``."""
         return self.base_weight.shape[0]
+
+    def check_task(self, task: Task) -> None:
+        """As :meth:`Method.check_task`, and a GFSS task must have this head's B and exactly one novel class."""
+        super().check_task(task)
+        space = task.label_space
+        if not space.is_fss and (space.num_novel != 1 or space.num_base != self.novel_index - 1):
+            raise ValueError(f"{self.name} adds ONE novel class to the base classifier's B={self.novel_index - 1} "
+                             f"classes; the task has B={space.num_base}, N={space.num_novel}")
 
     def _init(self, features, masks):
         e, _, d = features.shape[:3]
@@ -214,11 +274,14 @@ class BackgroundAwareFineTuning(_EpisodeFineTuning):
         if self.novel_init == "fresh":
             novel = self._fresh_rows(1, d, features).expand(e, 1, d)
         else:
-            cells = downsample_masks(masks.flatten(0, 1), tuple(features.shape[-2:]), num_classes=2)
-            protos = masked_average_pooling(features.flatten(0, 1), cells[:, 1:]).view(e, -1, d).mean(1)
+            cells = resize_labels(masks.flatten(0, 1), tuple(features.shape[-2:]), "area", num_classes=2)
+            protos = masked_average_pooling(features.flatten(0, 1), cells[:, 1:], 1e-6).view(e, -1, d).mean(1)
             novel = F.normalize(protos, dim=-1)[:, None]
         weight = torch.cat([base_w.expand(e, -1, -1), novel], dim=1)
-        bias = torch.cat([base_b.expand(e, -1), base_b.new_zeros(e, 1)], dim=1)
+        if self.train_bias:
+            bias = torch.cat([base_b.expand(e, -1), base_b.new_zeros(e, 1)], dim=1)
+        else:  # official: a 1x1 conv without bias
+            bias = base_b.new_zeros(e, self.novel_index + 1)
         return weight, bias
 
     def _prepare(self, features, labels):
@@ -235,16 +298,15 @@ class BackgroundAwareFineTuning(_EpisodeFineTuning):
             loss = loss + self.gamma * e * background_shift_distillation(logits.flatten(0, 1), fixed["teacher"])
         return loss
 
-    def _binary(self, logits):
-        return binary_log_probs(logits, self.novel_index)  # (log p_bg, log p_fg): softmax gives the folded probs
-
-    def predict_all(self, query_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Full logits ``[Q, B + 2, H, W]`` (bg, base 1..B, novel B+1) bilinearly up-sampled to ``size``."""
-        self._check_query(query_features)
-        logits = linear_logits(query_features[None], self.weight[None], self.bias[None])[0]
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    def _output(self, logits, task):
+        if not task.label_space.is_fss:
+            return self._up(logits, task.size)  # bg, base 1..B, novel B+1
+        if self.binary_rule == "max":
+            return max_rule_binary(self._up(logits, task.size), self.novel_index)
+        return self._up(binary_log_probs(logits, self.novel_index), task.size)  # (log p_bg, log p_fg)
 
 
+@register_method
 class BinaryFineTuning(_EpisodeFineTuning):
     """The plain 2-way (bg, novel) classifier of the report's Table 2, trained from scratch on the support features
     with weighted CE ``[1, n_bg / n_fg]`` (official ``cls1``: ``nn.Conv2d`` default init, no bias).
@@ -252,14 +314,17 @@ class BinaryFineTuning(_EpisodeFineTuning):
     Args:
         steps, lr: plain SGD, 100 steps at lr 0.1 (official).
         bias: learn a bias per class (official: no bias).
-        loss_resolution, seed: as :class:`BackgroundAwareFineTuning`.
+        loss_resolution, align_corners, seed: as :class:`BackgroundAwareFineTuning`.
+
+    Reads any single feature level; 1-way tasks only.
     """
 
     name: ClassVar[str] = "binary-ft"
+    label_spaces: ClassVar[tuple[str, ...]] = ("fss",)
 
     def __init__(self, steps: int = 100, lr: float = 0.1, bias: bool = False, loss_resolution: str = "feature",
-                 seed: int = 0):
-        super().__init__(steps, lr, loss_resolution, seed)
+                 align_corners: bool = True, seed: int = 0):
+        super().__init__(steps, lr, loss_resolution, seed, align_corners)
         self.train_bias = bias
 
     def _init(self, features, masks):

@@ -17,24 +17,15 @@ from typing import ClassVar, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 from ..losses import infomax as im
-from .base import GFSSMethod
+from ..ops import classifier_rows, masked_average_pooling, resize_labels
+from .base import Method, NotFittedError
+from .registry import register_method
+from .task import Task
 
 PRIORS = ("self", "uniform", "imglvl", "oracle")
 TERMS = ("ce", "kl", "entropy", "kd", "loss")
-
-
-def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest down-sampling of label maps as the official code does it (``F.interpolate(mode="nearest")``).
-
-    Args:
-        labels: integer ``[N, H, W]`` (labels, or a 0/1 valid mask); size: ``(h, w)``.
-
-    Returns:
-        int64 ``[N, h, w]``.
-    """
-    return F.interpolate(labels[None].float(), size=size, mode="nearest")[0].long()
 
 
 def novel_prototypes(features: torch.Tensor, labels: torch.Tensor, class_ids: Sequence[int]) -> torch.Tensor:
@@ -47,11 +38,8 @@ def novel_prototypes(features: torch.Tensor, labels: torch.Tensor, class_ids: Se
         float ``[N, D]``: ``w_c = m_c / (||m_c|| + 1e-10)``, ``m_c = sum_x [y=c] f(x) / (sum_x [y=c] + 1e-10)``
         (zero for a class without a pixel).
     """
-    protos = []
-    for c in class_ids:
-        mask = (labels == c).unsqueeze(1).to(features.dtype)  # [S, 1, h, w]
-        protos.append((mask * features).sum(dim=(0, 2, 3)) / (mask.sum(dim=(0, 2, 3)) + im.EPS))
-    w = torch.stack(protos)
+    masks = torch.stack([labels == c for c in class_ids], 1).to(features.dtype)  # [S, N, h, w]
+    w = masked_average_pooling(features, masks, im.EPS, pool_shots=True)
     return w / (w.norm(dim=1, keepdim=True) + im.EPS)
 
 
@@ -71,20 +59,19 @@ def _query_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return out + bias[:, None, :, None, None]
 
 
-class DIaM(GFSSMethod):
+@register_method
+class DIaM(Method):
     """DIaM transductive inference for generalized FSS (background + B base + N novel classes).
 
     Args:
-        base_weight: float ``[1+B, D]`` (or the conv's ``[1+B, D, 1, 1]``) weights of the trained 1x1 classifier.
-        base_bias: float ``[1+B]``.
-        num_novel: N; shots: K support images per novel class (picks the CE background weight: 0.01 at K=1,
-            0.15 otherwise).
+        model: the trained base model (``.classifier``: ``nn.Conv2d(D, 1 + B, 1)``) or that classifier; its weight
+            and bias are copied (see :meth:`from_weights` for raw tensors).
         lr: SGD learning rate (no momentum). iterations: optimisation steps.
         weights: ``(CE_s, KL to prior, H(Y|X), KD)`` multipliers.
         prior: ``"self"`` (initial model's query marginal, re-estimated after each step listed in
             ``prior_update_at``), ``"uniform"`` (1/C), ``"imglvl"`` (self-estimate with the classes absent from the
-            query's ground truth masked out; needs ``query_labels``) or ``"oracle"`` (true proportions at feature
-            resolution; needs ``query_labels``; the official name is "upperbound").
+            query's ground truth masked out; reads ``task.query_labels``) or ``"oracle"`` (true proportions at
+            feature resolution; reads ``task.query_labels``; the official name is "upperbound").
         prior_update_at: step counts after which the "self" prior is re-estimated (official: after the 10th).
         fine_tune_base: tune the base weights and biases too (official); False keeps them fixed.
         snapshot_at: step counts (0 = before the first step) at which the query probabilities are stored in
@@ -92,32 +79,54 @@ class DIaM(GFSSMethod):
         align_corners: of the bilinear up-sampling in :meth:`predict` (the official scoring uses True).
         task_chunk: optimise at most this many queries at once (memory bound; results do not depend on it).
 
+    The shot count K (the CE background weight: 0.01 at K = 1, 0.15 otherwise) and N come from the task.
     Defaults are the official ones (config/pascal.yaml). After :meth:`fit`: ``weight [T, C, D]``, ``bias [T, C]``,
     ``prior [T, C]`` (final), ``initial_prior``, ``history`` (``{"ce", "kl", "entropy", "kd", "loss"}`` ->
     ``[iterations, T]`` values before each step, and ``"marginal"`` -> ``[iterations, T, C]``), ``snapshots``
     (``{step: probabilities [T, C, h, w]}``, on the features' device).
 
     Raises:
-        ValueError: weights / bias of the wrong shape, no base class, ``num_novel`` or ``shots`` < 1, an unknown
-            prior, or ``weights`` not of length 4.
+        TypeError: no 1x1 classifier. ValueError: no base class, ``iterations < 0``, an unknown prior, or
+            ``weights`` not of length 4.
     """
 
     name: ClassVar[str] = "diam"
     transductive: ClassVar[bool] = True
-    feature_source: ClassVar[str] = "bottleneck"
+    feature_levels: ClassVar[tuple[str, ...]] = ("bottleneck",)
+    label_spaces: ClassVar[tuple[str, ...]] = ("gfss",)
 
-    def __init__(self, base_weight: torch.Tensor, base_bias: torch.Tensor, num_novel: int, shots: int, *,
-                 lr: float = 0.00125, iterations: int = 100, weights: Sequence[float] = (100.0, 1.0, 1.0, 100.0),
-                 prior: str = "self", prior_update_at: Sequence[int] = (10,), fine_tune_base: bool = True,
-                 snapshot_at: Sequence[int] = (), align_corners: bool = True, task_chunk: int | None = None):
+    def __init__(self, model, *, lr: float = 0.00125, iterations: int = 100,
+                 weights: Sequence[float] = (100.0, 1.0, 1.0, 100.0), prior: str = "self",
+                 prior_update_at: Sequence[int] = (10,), fine_tune_base: bool = True, snapshot_at: Sequence[int] = (),
+                 align_corners: bool = True, task_chunk: int | None = None):
+        w, b = classifier_rows(model)
+        self._setup(w, torch.zeros(w.shape[0]) if b is None else b, lr=lr, iterations=iterations, weights=weights,
+                    prior=prior, prior_update_at=prior_update_at, fine_tune_base=fine_tune_base,
+                    snapshot_at=snapshot_at, align_corners=align_corners, task_chunk=task_chunk)
+
+    @classmethod
+    def from_weights(cls, base_weight: torch.Tensor, base_bias: torch.Tensor, **kwargs) -> "DIaM":
+        """Build from raw classifier tensors: ``base_weight [1+B, D]`` (or ``[1+B, D, 1, 1]``), ``base_bias [1+B]``.
+
+        Raises:
+            ValueError: tensors of the wrong shape (names them).
+        """
+        obj = cls.__new__(cls)
+        obj._setup(base_weight, base_bias, **kwargs)
+        return obj
+
+    def _setup(self, base_weight, base_bias, *, lr: float = 0.00125, iterations: int = 100,
+               weights: Sequence[float] = (100.0, 1.0, 1.0, 100.0), prior: str = "self",
+               prior_update_at: Sequence[int] = (10,), fine_tune_base: bool = True, snapshot_at: Sequence[int] = (),
+               align_corners: bool = True, task_chunk: int | None = None) -> None:
         w = base_weight.detach()
         w = w.flatten(1) if w.dim() == 4 and w.shape[2:] == (1, 1) else w
         if w.dim() != 2 or base_bias.shape != (w.shape[0],):
             raise ValueError(f"base_weight must be [1+B, D] and base_bias [1+B], got {tuple(base_weight.shape)} "
                              f"and {tuple(base_bias.shape)}; pass classifier.weight and classifier.bias")
-        if w.shape[0] < 2 or num_novel < 1 or shots < 1 or iterations < 0:
-            raise ValueError(f"need >= 1 base class, num_novel >= 1, shots >= 1 and iterations >= 0; got "
-                             f"1+B={w.shape[0]}, num_novel={num_novel}, shots={shots}, iterations={iterations}")
+        if w.shape[0] < 2 or iterations < 0:
+            raise ValueError(f"need >= 1 base class and iterations >= 0; got 1+B={w.shape[0]}, "
+                             f"iterations={iterations}")
         if prior == "upperbound":
             prior = "oracle"
         if prior not in PRIORS:
@@ -125,7 +134,7 @@ class DIaM(GFSSMethod):
         if len(weights) != 4:
             raise ValueError(f"weights must be (CE, KL, H, KD), got {weights}")
         self.base_weight, self.base_bias = w.clone(), base_bias.detach().clone()
-        self.num_novel, self.shots = int(num_novel), int(shots)
+        self.num_novel, self.shots = 0, 0
         self.lr, self.iterations, self.weights = lr, int(iterations), tuple(float(x) for x in weights)
         self.prior_name, self.prior_update_at = prior, tuple(prior_update_at)
         self.fine_tune_base, self.snapshot_at = fine_tune_base, tuple(snapshot_at)
@@ -135,10 +144,10 @@ class DIaM(GFSSMethod):
         self.history: dict[str, torch.Tensor] = {}
         self.snapshots: dict[int, torch.Tensor] = {}
 
-    @classmethod
-    def from_classifier(cls, classifier: torch.nn.Module, num_novel: int, shots: int, **kwargs) -> "DIaM":
-        """Build from a trained ``nn.Conv2d(D, 1+B, 1)`` (or ``nn.Linear``) classifier, e.g. ``PSPNet.classifier``."""
-        return cls(classifier.weight, classifier.bias, num_novel, shots, **kwargs)
+    @property
+    def reads_query_labels(self) -> bool:
+        """The "imglvl" and "oracle" priors read the query's ground truth (upper bounds by design)."""
+        return self.prior_name in ("imglvl", "oracle")
 
     @property
     def num_base_and_bg(self) -> int:
@@ -147,64 +156,61 @@ class DIaM(GFSSMethod):
 
     @property
     def num_classes(self) -> int:
-        """``C = 1 + B + N``."""
+        """``C = 1 + B + N`` (N of the last fitted task)."""
         return self.num_base_and_bg + self.num_novel
 
     # ---- fitting ---------------------------------------------------------------------------------------------
 
-    def fit(self, support_features: torch.Tensor, support_labels: torch.Tensor,
-            query_features: torch.Tensor | None = None, *, query_valid: torch.Tensor | None = None,
-            query_labels: torch.Tensor | None = None, batched: bool = True) -> "DIaM":
-        """Initialise the classifier from the support set and run the transductive inference on the queries.
+    def fit(self, task: Task, *, batched: bool = True) -> "DIaM":
+        """Initialise the classifier from the task's support set and run the transductive inference on its queries.
+
+        The support labels' base pixels ``1..B`` count as background (the DIaM protocol); novel ``B+1..B+N``;
+        255 ignore. ``task.query_valid`` gives the pixels of the query terms (official: ``label != 255``);
+        ``task.query_labels`` is read only by the "imglvl" and "oracle" priors.
 
         Args:
-            support_features: float ``[S, D, h, w]`` (S = N * K). support_labels: int ``[S, H, W]`` GFSS labels;
-                base labels ``1..B`` count as background (the DIaM protocol), novel ``B+1..B+N``, 255 ignore.
-            query_features: float ``[Q, D, h, w]`` (required: DIaM is transductive).
-            query_valid: bool ``[Q, H, W]`` pixels that count in the query terms (official: ``label != 255``);
-                default ``query_labels != 255`` when labels are given, else every pixel.
-            query_labels: int ``[Q, H, W]`` GFSS labels, used only by the "imglvl" and "oracle" priors.
+            task: a GFSS task whose B matches the classifier's ``1 + B`` rows; ``S = N * K`` supports.
             batched: False runs the reference loop, one query at a time (same results, slower).
 
         Raises:
-            ValueError: missing query features, mismatched shapes, labels outside ``0..C-1``/255, S != N*K, or a
-                prior that needs ``query_labels`` without them.
+            UnsupportedTaskError: a 1-way FSS task. ValueError: mismatched shapes or B, labels outside
+                ``0..C-1``/255, S != N*K, or a prior that needs ``query_labels`` without them.
         """
-        fs, fq = support_features, query_features
-        if fq is None:
-            raise ValueError("DIaM is transductive: pass query_features [Q, D, h, w] to fit()")
+        self.check_task(task)
+        if task.label_space.num_base != self.num_base_and_bg - 1:
+            raise ValueError(f"the task has B={task.label_space.num_base} base classes but the classifier has "
+                             f"{self.num_base_and_bg - 1}; use the base model of this fold")
+        self.num_novel, self.shots = task.label_space.num_novel, task.shots
+        level = self.features_of(task)
+        return self._fit_arrays(task.support(level), task.support_labels, task.query(level), task.query_valid,
+                                task.query_labels if self.reads_query_labels else None, batched)
+
+    def _fit_arrays(self, fs: torch.Tensor, support_labels: torch.Tensor, fq: torch.Tensor,
+                    query_valid: torch.Tensor | None, query_labels: torch.Tensor | None, batched: bool) -> "DIaM":
         d = self.base_weight.shape[1]
         if fs.dim() != 4 or fq.dim() != 4 or fq.shape[0] == 0 or fs.shape[1:] != fq.shape[1:] or fs.shape[1] != d:
             raise ValueError(f"support_features {tuple(fs.shape)} and query_features {tuple(fq.shape)} must be "
                              f"[S|Q, {self.base_weight.shape[1]}, h, w] with the classifier's D and the same h, w")
-        if support_labels.shape[0] != fs.shape[0] or support_labels.dim() != 3:
-            raise ValueError(f"support_labels must be [S={fs.shape[0]}, H, W], got {tuple(support_labels.shape)}")
-        if fs.shape[0] // self.num_novel != self.shots:
+        if fs.shape[0] != self.num_novel * self.shots:
             raise ValueError(f"{fs.shape[0]} support images for {self.num_novel} novel classes is not "
-                             f"shots={self.shots} per class; build DIaM with shots={fs.shape[0] // self.num_novel}")
+                             f"task.shots={self.shots} per class (DIaM supports carry no base-class shots)")
         lab = support_labels.to(fs.device).long()
-        bad = (lab >= self.num_classes) & (lab != IGNORE_INDEX) | (lab < 0)
-        if bool(bad.any()):
-            raise ValueError(f"support labels {sorted(set(lab[bad].tolist()))} are outside 0..{self.num_classes - 1}"
-                             " and not 255; use the GFSS label space (GFSSClassMap)")
         lab = lab.masked_fill((lab >= 1) & (lab < self.num_base_and_bg), 0)  # base pixels -> background
         size = tuple(fs.shape[-2:])
-        ds_s = downsample_labels(lab, size)
+        ds_s = resize_labels(lab, size)
         novel_ids = range(self.num_base_and_bg, self.num_classes)
         for c in novel_ids:
             if not bool((ds_s == c).any()):
                 warnings.warn(f"novel class {c} has no support pixel at the feature size {size} (masks are "
-                              "down-sampled nearest); its prototype is 0", stacklevel=2)
+                              "down-sampled nearest); its prototype is 0", stacklevel=3)
         w_novel = novel_prototypes(fs, ds_s, novel_ids)
-        if self.prior_name in ("imglvl", "oracle") and query_labels is None:
-            raise ValueError(f"prior={self.prior_name!r} needs query_labels [Q, H, W]")
+        if self.reads_query_labels and query_labels is None:
+            raise ValueError(f"prior={self.prior_name!r} needs task.query_labels [Q, H, W]")
         if query_valid is None:
             query_valid = (query_labels != IGNORE_INDEX) if query_labels is not None else torch.ones(
                 fq.shape[0], *size, dtype=torch.bool, device=fq.device)
-        if query_valid.shape[0] != fq.shape[0] or (query_labels is not None and query_labels.shape[0] != fq.shape[0]):
-            raise ValueError(f"query_valid / query_labels must have one map per query ({fq.shape[0]})")
-        valid_q = downsample_labels(query_valid.to(fq.device).long(), size).unsqueeze(1)  # [Q, 1, h, w]
-        ds_q = None if query_labels is None else downsample_labels(query_labels.to(fq.device).long(), size)
+        valid_q = resize_labels(query_valid.to(fq.device).long(), size).unsqueeze(1)  # [Q, 1, h, w]
+        ds_q = None if query_labels is None else resize_labels(query_labels.to(fq.device).long(), size)
         chunk = 1 if not batched else (self.task_chunk or fq.shape[0])
         fs_t = fs.transpose(0, 1).contiguous()  # [D, S, h, w]: the support as one matrix for all tasks
         parts = [self._optimise(fs_t, ds_s[None], w_novel, fq[i:i + chunk], valid_q[i:i + chunk],
@@ -280,30 +286,31 @@ class DIaM(GFSSMethod):
 
     # ---- prediction ------------------------------------------------------------------------------------------
 
-    def predict_proba(self, query_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def predict_proba(self, task: Task) -> torch.Tensor:
         """Probabilities ``[Q, C, H, W]``: softmax at feature resolution, then bilinear up-sampling (official).
 
-        ``query_features`` must be the ``[Q, D, h, w]`` given to :meth:`fit` (query q uses classifier copy q).
+        The task's queries must be those given to :meth:`fit` (query q uses classifier copy q).
 
         Raises:
-            RuntimeError: called before :meth:`fit`. ValueError: a different number or shape of queries.
+            NotFittedError: called before :meth:`fit`. ValueError: a different number or shape of queries.
         """
         if self.weight is None:
-            raise RuntimeError("call fit() with the support set and these queries before predict()")
-        if query_features.shape != self._fitted_queries:
+            raise NotFittedError("call fit(task) with the support set and these queries before predict()")
+        fq = task.query(self.features_of(task))
+        if fq.shape != self._fitted_queries:
             raise ValueError(f"DIaM tunes one classifier per query: predict() needs the queries given to fit() "
-                             f"{tuple(self._fitted_queries)}, got {tuple(query_features.shape)}")
+                             f"{tuple(self._fitted_queries)}, got {tuple(fq.shape)}")
         with torch.no_grad():
-            p = torch.softmax(_query_logits(query_features, self.weight, self.bias), dim=2)[:, 0]
-        return F.interpolate(p, size=size, mode="bilinear", align_corners=self.align_corners)
+            p = torch.softmax(_query_logits(fq, self.weight, self.bias), dim=2)[:, 0]
+        return F.interpolate(p, size=task.size, mode="bilinear", align_corners=self.align_corners)
 
-    def predict(self, query_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def predict(self, task: Task) -> torch.Tensor:
         """``log`` of :meth:`predict_proba` (clamped at the smallest normal float), ``[Q, 1+B+N, H, W]``.
 
         These are log-probabilities, not raw logits: the official prediction is the argmax of up-sampled
         *probabilities*, and ``log`` keeps that argmax while up-sampling logits would not.
         """
-        p = self.predict_proba(query_features, size)
+        p = self.predict_proba(task)
         return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
 
     def snapshot_predictions(self, size: tuple[int, int]) -> dict[int, torch.Tensor]:

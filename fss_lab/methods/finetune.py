@@ -31,10 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 from ..losses.triplet import pixel_triplet_loss
-from .base import GFSSMethod
-from .gfss_prototype import base_classifier, check_gfss_support, class_prototypes, imprint_weights
+from ..ops import base_classifier, resize_labels
+from .base import Method, NotFittedError
+from .gfss_prototype import class_prototypes, imprint_weights
+from .registry import register_method
+from .task import Task
 
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
@@ -88,14 +91,13 @@ def copy_head(model) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[nn.Mo
     return clone.head, modules
 
 
-class FineTuneGFSS(GFSSMethod):
+class FineTuneGFSS(Method):
     """Shared fine-tuning loop; use :class:`FineTuneLastLayer` or :class:`FineTuneAfterBackbone`.
 
     Args:
         model: the base-trained segmentation model: ``.classifier`` (``nn.Conv2d(D, 1 + B, 1)``) and, for
             ``all_after_backbone``, ``.head`` (backbone features ``[S, C, h, w]`` -> ``[S, D, h, w]``; an
             ``nn.Module`` or PSPNet's method, see :func:`copy_head`). Never modified.
-        num_novel: N; outputs become ``1 + B + N``.
         steps: optimisation steps. lr: learning rate of the classifier (default 0.01 for SGD, 1e-3 for Adam).
         head_lr: learning rate of the head's layers (``all_after_backbone``; default ``lr / 10``: with a few
             support images, head layers trained at the classifier's rate diverged or collapsed in our runs).
@@ -123,11 +125,12 @@ class FineTuneGFSS(GFSSMethod):
     """
 
     name: ClassVar[str] = "finetune"
-    feature_source: ClassVar[str] = "bottleneck"
+    feature_levels: ClassVar[tuple[str, ...]] = ("bottleneck",)
+    label_spaces: ClassVar[tuple[str, ...]] = ("gfss",)
     support_base_pixels: ClassVar[str] = "keep"
     trains_head: ClassVar[bool] = False
 
-    def __init__(self, model, num_novel: int, *, steps: int = 100, lr: float | None = None,
+    def __init__(self, model, *, steps: int = 100, lr: float | None = None,
                  head_lr: float | None = None, optimizer: str = "sgd", momentum: float = 0.9,
                  weight_decay: float = 1e-4, batch_size: int | None = None,
                  novel_init: str = "prototype", class_weights: str | torch.Tensor | None = "balanced",
@@ -141,9 +144,9 @@ class FineTuneGFSS(GFSSMethod):
                 raise ValueError(f"{key}={value!r}; valid: {valid}")
         if isinstance(class_weights, str) and class_weights != "balanced":
             raise ValueError(f"class_weights={class_weights!r}; pass None, 'balanced' or a tensor [1 + B + N]")
-        if num_novel < 1 or steps < 0 or triplet_weight < 0 or (batch_size is not None and batch_size < 1):
-            raise ValueError(f"need num_novel >= 1, steps >= 0, triplet_weight >= 0, batch_size >= 1 or None; got "
-                             f"{num_novel}, {steps}, {triplet_weight}, {batch_size}")
+        if steps < 0 or triplet_weight < 0 or (batch_size is not None and batch_size < 1):
+            raise ValueError(f"need steps >= 0, triplet_weight >= 0, batch_size >= 1 or None; got "
+                             f"{steps}, {triplet_weight}, {batch_size}")
         if triplet_weight > 0 and not self.trains_head:
             raise ValueError("the triplet loss acts on the embeddings the classifier reads; with the last layer only "
                              "they are fixed, so it would do nothing. Use FineTuneAfterBackbone "
@@ -153,7 +156,7 @@ class FineTuneGFSS(GFSSMethod):
         if self.trains_head:
             check_head(model)
         self.num_base = self.base_classifier.out_channels - 1
-        self.num_novel = int(num_novel)
+        self.num_novel = 0  # N of the task being fitted
         self.steps, self.lr = int(steps), DEFAULT_LR[optimizer] if lr is None else float(lr)
         self.head_lr = self.lr * 0.1 if head_lr is None else float(head_lr)
         self.optimizer, self.momentum, self.weight_decay = optimizer, momentum, weight_decay
@@ -201,16 +204,22 @@ class FineTuneGFSS(GFSSMethod):
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.eval()
 
-    def fit(self, support_features, support_labels, query_features=None) -> "FineTuneGFSS":
-        """Fine-tune on ``support_features [S, C, h, w]`` (bottleneck or backbone, per strategy) and GFSS
-        ``support_labels [S, H, W]`` (base pixels kept for the paper's setting); ``query_features`` unused.
+    def fit(self, task: Task) -> "FineTuneGFSS":
+        """Fine-tune on the task's support features ``[S, C, h, w]`` (bottleneck or backbone, per strategy) and
+        GFSS labels ``[S, H, W]`` (base pixels kept for the paper's setting); the queries are not read.
 
         Raises:
-            ValueError: bad shapes or labels (:func:`check_gfss_support`), features the model cannot read.
+            UnsupportedTaskError: a 1-way task. ValueError: bad labels, B that does not match the classifier,
+                features the model cannot read.
             FloatingPointError: the loss became NaN or infinite (the message says which learning rate to lower).
         """
-        check_gfss_support(support_features, support_labels, self.num_classes)
-        feats, labels = support_features.float(), support_labels.to(support_features.device).long()
+        self.check_task(task)
+        if task.label_space.num_base != self.num_base:
+            raise ValueError(f"the task has B={task.label_space.num_base} base classes but the classifier has "
+                             f"{self.num_base}; use the base model of this fold")
+        self.num_novel = task.label_space.num_novel
+        support_features = task.support(self.features_of(task))
+        feats, labels = support_features.float(), task.support_labels.to(support_features.device).long()
         dev = feats.device
         self.head, self.head_modules = copy_head(self.model) if self.trains_head else (None, [])
         for module in self.head_modules:
@@ -247,10 +256,10 @@ class FineTuneGFSS(GFSSMethod):
         try:
             emb = self._embed(feats)
         except RuntimeError as exc:
-            raise ValueError(f"{type(self).__name__} reads {self.feature_source} features; the head failed on "
+            raise ValueError(f"{type(self).__name__} reads {self.feature_levels[0]} features; the head failed on "
                              f"features {tuple(feats.shape)}: {exc}") from exc
         if emb.dim() != 4 or emb.shape[1] != self.base_classifier.in_channels:
-            raise ValueError(f"{type(self).__name__} reads {self.feature_source} features: expected "
+            raise ValueError(f"{type(self).__name__} reads {self.feature_levels[0]} features: expected "
                              f"{self.base_classifier.in_channels} channels for the classifier, got {tuple(emb.shape)}")
         return emb
 
@@ -271,7 +280,7 @@ class FineTuneGFSS(GFSSMethod):
             logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
             target = y
         else:
-            target = F.interpolate(y[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
+            target = resize_labels(y, tuple(logits.shape[-2:]), "nearest")
         if not bool((target != IGNORE_INDEX).any()):  # a mini-batch with no labelled pixel: nothing to learn
             return {"loss": 0.0, "ce": 0.0, "triplet": 0.0}
         ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
@@ -282,35 +291,37 @@ class FineTuneGFSS(GFSSMethod):
         opt.step()
         return {"loss": loss.item(), "ce": ce.item(), "triplet": trip.item()}
 
-    def predict(self, query_features, size):
-        """Logits ``[Q, 1 + B + N, H, W]`` (bilinear up-sampling) of ``query_features [Q, C, h, w]``."""
+    def predict(self, task: Task) -> torch.Tensor:
+        """Logits ``[Q, 1 + B + N, H, W]`` (bilinear up-sampling, ``align_corners=False``) of the task's queries."""
         if self.classifier is None:
-            raise RuntimeError("call fit() with a support set before predict()")
+            raise NotFittedError("call fit(task) with a support set before predict()")
         with torch.no_grad():
-            logits = self.classifier(self._embed(query_features.float()))
-            return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            logits = self.classifier(self._embed(task.query(self.features_of(task)).float()))
+            return F.interpolate(logits, size=task.size, mode="bilinear", align_corners=False)
 
 
+@register_method
 class FineTuneLastLayer(FineTuneGFSS):
     """Fine-tune only the 1x1 classifier on bottleneck features (``model.features``); see :class:`FineTuneGFSS`."""
 
     name: ClassVar[str] = "finetune-last-layer"
-    feature_source: ClassVar[str] = "bottleneck"
+    feature_levels: ClassVar[tuple[str, ...]] = ("bottleneck",)
 
 
+@register_method
 class FineTuneAfterBackbone(FineTuneGFSS):
     """Fine-tune every layer after the backbone (PPM + bottleneck + classifier) on backbone features
     (``model.backbone_features``); a deep copy of ``model.head`` is trained. See :class:`FineTuneGFSS`."""
 
     name: ClassVar[str] = "finetune-all-after-backbone"
-    feature_source: ClassVar[str] = "backbone"
+    feature_levels: ClassVar[tuple[str, ...]] = ("backbone",)
     trains_head: ClassVar[bool] = True
 
 
 STRATEGIES = {"last_layer": FineTuneLastLayer, "all_after_backbone": FineTuneAfterBackbone}
 
 
-def create_finetune(model, num_novel: int, strategy: str = "all_after_backbone", **kwargs) -> FineTuneGFSS:
+def create_finetune(model, strategy: str = "all_after_backbone", **kwargs) -> FineTuneGFSS:
     """The fine-tuning method of ``strategy`` (``"last_layer"`` or ``"all_after_backbone"``) with ``kwargs``.
 
     Raises:
@@ -318,4 +329,4 @@ def create_finetune(model, num_novel: int, strategy: str = "all_after_backbone",
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown fine-tuning strategy {strategy!r}; valid: {sorted(STRATEGIES)}")
-    return STRATEGIES[strategy](model, num_novel, **kwargs)
+    return STRATEGIES[strategy](model, **kwargs)

@@ -18,10 +18,16 @@ from typing import ClassVar, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 from ..losses import infomax as im
-from .base import FewShotMethod, check_support
-from .diam import downsample_labels
+from ..ops import resize_labels
+from .base import Method, NotFittedError, check_fss_support, stack_tasks
+from .registry import register_method
+from .task import Task
+
+
+def _nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return resize_labels(labels, size, "nearest")  # the official F.interpolate(mode="nearest")
 
 TERMS = ("ce", "kl", "entropy", "loss")
 
@@ -55,7 +61,8 @@ def binary_probs(scores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return torch.cat([1 - fg, fg], dim=3)
 
 
-class RePRI(FewShotMethod):
+@register_method
+class RePRI(Method):
     """RePRI transductive inference for 1-way K-shot FSS.
 
     Args:
@@ -64,7 +71,7 @@ class RePRI(FewShotMethod):
             steps (49 for 50).
         weights: ``(CE, KL, H)``; ``"auto"`` = 1/K.
         prior: ``"soft"`` (the initial model's FB proportion on the query, updated as below) or ``"oracle"``
-            (the true proportion; needs ``query_masks``; the paper's Oracle-RePRI used ``adapt_iter=300``,
+            (the true proportion; needs ``task.query_labels``; the paper's Oracle-RePRI used ``adapt_iter=300``,
             ``weights=(1, 1, 0.1)``, scripts/oracle.sh).
         prior_update_at: official ``FB_param_update``: after step ``u - 1`` the soft prior is re-estimated and
             the KL weight increases by 1 (``(10,)``: after the 9th step).
@@ -77,7 +84,7 @@ class RePRI(FewShotMethod):
 
     name: ClassVar[str] = "repri"
     transductive: ClassVar[bool] = True
-    feature_source: ClassVar[str] = "bottleneck"
+    label_spaces: ClassVar[tuple[str, ...]] = ("fss",)
 
     def __init__(self, *, temperature: float = 20.0, lr: float = 0.025, adapt_iter: int = 50,
                  weights: Sequence[float | str] = (1.0, "auto", "auto"), prior: str = "soft",
@@ -100,49 +107,60 @@ class RePRI(FewShotMethod):
         """Optimisation steps performed: ``adapt_iter - 1`` (official loop ``range(1, adapt_iter)``)."""
         return self.adapt_iter - 1
 
-    def fit(self, support_features, support_masks, query_features=None, *, query_masks=None, query_valid=None,
-            batched: bool = True) -> "RePRI":
-        """Fit one episode; each of its Q queries is its own task.
+    @property
+    def reads_query_labels(self) -> bool:
+        """The oracle prior reads the query's true foreground proportion."""
+        return self.prior_name == "oracle"
+
+    def fit(self, task: Task, *, batched: bool = True) -> "RePRI":
+        """Fit one 1-way task; each of its Q queries is its own sub-task with its own ``(w, b)``.
+
+        Reads ``task.query_valid`` (official: ``label != 255``; padding and void are left out of the query terms;
+        default every pixel) and, for ``prior="oracle"`` only, ``task.query_labels``.
 
         Args:
-            support_features: float ``[K, D, h, w]``; support_masks: int ``[K, H, W]`` in {0, 1, 255}.
-            query_features: float ``[Q, D, h, w]`` (required).
-            query_masks: int ``[Q, H, W]`` in {0, 1, 255}: their 255 pixels are left out of the query terms (as
-                in the official code) and the oracle prior reads them. query_valid: bool ``[Q, H, W]`` overrides
-                the valid pixels (default: ``query_masks != 255``, else every pixel).
-            batched: False loops over the queries one task at a time (the reference; same results).
+            task: a 1-way FSS task (support masks 0 / 1 / 255).
+            batched: False loops over the queries one at a time (the reference; same results).
 
         Raises:
-            ValueError: missing query features, shapes that do not match, a support mask without foreground or
-                with labels other than 0/1/255, a query without a valid pixel, ``prior="oracle"`` without
-                ``query_masks``.
+            UnsupportedTaskError: a GFSS task. ValueError: shapes that do not match, a support mask without
+                foreground or with labels other than 0/1/255, a query without a valid pixel, ``prior="oracle"``
+                without ``query_labels``.
         """
-        if query_features is None:
-            raise ValueError("RePRI is transductive: pass query_features [Q, D, h, w] to fit()")
+        self.check_task(task)
+        check_fss_support(task)
+        level = self.features_of(task)
         add = (lambda x: None if x is None else x[None])  # noqa: E731  one episode
-        self._run(add(support_features), add(support_masks), add(query_features), add(query_masks), add(query_valid),
-                  batched)
+        self._run(add(task.support(level)), add(task.support_labels), add(task.query(level)),
+                  add(task.query_labels if self.reads_query_labels else None), add(task.query_valid), batched)
         return self
 
-    def predict(self, query_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def predict(self, task: Task) -> torch.Tensor:
         """``log [p_bg, p_fg]`` ``[Q, 2, H, W]`` for the queries given to :meth:`fit` (scores are up-sampled
         bilinearly, then the bias and the sigmoid are applied, as in the official code; log-probabilities keep
         the argmax of the official probabilities).
 
         Raises:
-            RuntimeError: not fitted on one episode. ValueError: not the number of queries given to fit.
+            NotFittedError: not fitted on one task. ValueError: not the number of queries given to fit.
         """
         if self.prototypes is None or self.prototypes.shape[0] != 1:
-            raise RuntimeError("call fit() with a support set and these queries before predict()")
-        return self._predict(query_features[None], size)[0]
+            raise NotFittedError("call fit(task) with a support set and these queries before predict()")
+        return self._predict(task.query(self.features_of(task))[None], task.size)[0]
 
-    def fit_predict_episodes(self, support_features, support_masks, query_features, size, *, query_masks=None,
-                             query_valid=None, batched: bool = True):
-        """Vectorised over E episodes x Q queries: ``[E, K, D, h, w]``, ``[E, K, H, W]``, ``[E, Q, D, h, w]`` ->
-        log-probabilities ``[E, Q, 2, H, W]``. ``batched=False`` runs one task at a time (the reference loop).
-        ``query_masks`` / ``query_valid``: ``[E, Q, H, W]``, as in :meth:`fit`. Raises as :meth:`fit`."""
-        self._run(support_features, support_masks, query_features, query_masks, query_valid, batched)
-        return self._predict(query_features, size)
+    def fit_predict(self, tasks, *, batched: bool = True):
+        """Vectorised over E equal-sized tasks x Q queries (every (task, query) pair is its own sub-task); equal
+        to the loop. ``batched=False`` runs one sub-task at a time (the reference loop)."""
+        level = self.features_of(tasks[0])
+        try:
+            fs, ms, fq, vq = stack_tasks(tasks, level)
+        except ValueError:
+            return [self.fit(t, batched=batched).predict(t) for t in tasks]
+        for t in tasks:
+            self.check_task(t)
+            check_fss_support(t)
+        mq = torch.stack([t.query_labels for t in tasks]) if self.reads_query_labels else None
+        self._run(fs, ms, fq, mq, vq, batched)
+        return list(self._predict(fq, tasks[0].size).unbind(0))
 
     # ---- internals -------------------------------------------------------------------------------------------
 
@@ -166,17 +184,16 @@ class RePRI(FewShotMethod):
         if fq.dim() != 5 or fq.shape[0] != e or fq.shape[2:] != (d, h, w) or ms.shape[:2] != (e, k):
             raise ValueError(f"support features {tuple(fs.shape)}, masks {tuple(ms.shape)} and query features "
                              f"{tuple(fq.shape)} do not form [E, K, D, h, w], [E, K, H, W], [E, Q, D, h, w]")
-        check_support(fs.reshape(e * k, d, h, w), ms.flatten(0, 1))
         if self.prior_name == "oracle" and mq is None:
-            raise ValueError("prior='oracle' needs query_masks [Q, H, W] (the true foreground proportion)")
+            raise ValueError("prior='oracle' needs task.query_labels [Q, H, W] (the true foreground proportion)")
         q = fq.shape[1]
         if vq is None:
             vq = (mq != IGNORE_INDEX) if mq is not None else torch.ones(e, q, h, w, dtype=torch.bool, device=fq.device)
-        valid = downsample_labels(vq.flatten(0, 1).long().to(fq.device), (h, w)).view(e, q, 1, h, w)
+        valid = _nearest(vq.flatten(0, 1).long().to(fq.device), (h, w)).view(e, q, 1, h, w)
         if bool((valid.sum(dim=(2, 3, 4)) == 0).any()):
-            raise ValueError("a query has no valid pixel at the feature size; check query_masks / query_valid")
-        ds_s = downsample_labels(ms.flatten(0, 1).long().to(fs.device), (h, w)).view(e, k, h, w)
-        ds_q = None if mq is None else downsample_labels(mq.flatten(0, 1).long().to(fq.device), (h, w))
+            raise ValueError("a query has no valid pixel at the feature size; check task.query_valid")
+        ds_s = _nearest(ms.flatten(0, 1).long().to(fs.device), (h, w)).view(e, k, h, w)
+        ds_q = None if mq is None else _nearest(mq.flatten(0, 1).long().to(fq.device), (h, w))
         ds_q = None if ds_q is None else ds_q.view(e, q, 1, h, w)
         fs, fq = self._features(fs), self._features(fq)
         if batched:

@@ -119,3 +119,36 @@ def _close(a: Sequence[float], b: Sequence[float], tol: float = 1e-3) -> bool:
 from .feature_cache import FeatureCache  # noqa: E402  (re-export: the cache belongs with the extractor)
 
 __all__ = ["FeatureExtractor", "FeatureCache"]
+
+
+class ModelFeatures(nn.Module):
+    """A frozen view of a trained segmentation model for :class:`~fss_lab.models.feature_cache.FeatureCache`:
+    ``images [B, 3, H, W] -> features float32 [B, C, h, w]``.
+
+    Args:
+        model: a trained :class:`~fss_lab.models.pspnet.PSPNet` (kept in eval mode, no gradients).
+        source: ``"bottleneck"`` (``model.features``: what the classifier sees; DIaM, RePRI, last-layer
+            fine-tuning) or ``"backbone"`` (``model.backbone_features``: fine-tuning all layers after the backbone).
+
+    Raises:
+        ValueError: an unknown ``source``.
+    """
+
+    def __init__(self, model: nn.Module, source: str = "bottleneck"):
+        super().__init__()
+        if source not in ("bottleneck", "backbone"):
+            raise ValueError(f"source must be 'bottleneck' or 'backbone', got {source!r}")
+        self.model, self.source = model, source
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are."""
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Features of ``images`` from :attr:`source`."""
+        self.model.eval()
+        images = images.to(self.device)
+        out = self.model.features(images) if self.source == "bottleneck" else self.model.backbone_features(images)
+        return out.float()
