@@ -5,9 +5,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fss_lab.losses.unbiased import background_shift_distillation, reformulated_ce
+from fss_lab.methods import NotFittedError
 from fss_lab.methods.binary_finetune import BackgroundAwareFineTuning, BinaryFineTuning
+from tests.tasks import episode_tasks, fss_task, gfss_task, stacked
 
 D, B = 6, 3  # feature channels; base classes (bg 0, base 1..3, novel class 4 in the toy labels)
+#: The package's pre-issue-8 variant of seed 002 (official defaults: align_corners=True, no bias, max rule).
+OLD = dict(align_corners=False, bias=True, binary_rule="logsumexp")
+VARIANTS = {"official": {}, "old": OLD}
+
+
+def ep(sf, sm, qf, size):
+    """The 1-way task (binary masks ``sm``) on the "bottleneck" level (what BackgroundAwareFineTuning reads)."""
+    return fss_task(sf, sm, qf, size, level="bottleneck")
+
+
+def gep(sf, sm, qf, size):
+    """The same episode in the (B + 2)-way label space (novel class B + 1): predict gives all B + 2 logits."""
+    return gfss_task(sf, sm.masked_fill(sm == 1, B + 1), qf, B, 1, len(sf), size)
 
 
 def toy(seed, n=2, h=8):
@@ -50,14 +65,16 @@ def iou(pred, gt):
     return float(((pred == 1) & (gt == 1)).sum() / ((pred == 1) | (gt == 1)).sum())
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("init", ["fresh", "prototype"])
-def test_background_aware_learns_the_novel_class_and_keeps_base(episode, init):
+def test_background_aware_learns_the_novel_class_and_keeps_base(episode, init, variant):
     sf, sm, qf, ql = episode
-    method = BackgroundAwareFineTuning(base_classifier(), gamma=10.0, novel_init=init).fit(sf, sm)
+    kw = VARIANTS[variant]
+    method = BackgroundAwareFineTuning(base_classifier(), gamma=10.0, novel_init=init, **kw).fit(ep(sf, sm, qf, (8, 8)))
     assert method.novel_index == B + 1 and method.weight.shape == (B + 2, D)
-    assert method.predict(qf, (16, 16)).shape == (3, 2, 16, 16)
-    assert iou(method.predict(qf, (8, 8)).argmax(1), (ql == 4).long()) > 0.9
-    full = method.predict_all(qf, (8, 8))
+    assert method.predict(ep(sf, sm, qf, (16, 16))).shape == (3, 2, 16, 16)
+    assert iou(method.predict(ep(sf, sm, qf, (8, 8))).argmax(1), (ql == 4).long()) > 0.9
+    full = method.predict(gep(sf, sm, qf, (8, 8)))  # a GFSS task with N = 1: the B + 2 logits
     assert full.shape == (3, B + 2, 8, 8)
     base = (ql >= 1) & (ql <= B)
     assert (full.argmax(1) == ql)[base].float().mean() > 0.95  # base classes still segmented
@@ -66,9 +83,9 @@ def test_background_aware_learns_the_novel_class_and_keeps_base(episode, init):
 
 def test_predict_folds_non_novel_classes_into_background(episode):
     sf, sm, qf, _ = episode
-    method = BackgroundAwareFineTuning(base_classifier(), steps=5).fit(sf, sm)
-    full = method.predict_all(qf, (8, 8))
-    binary = method.predict(qf, (8, 8))
+    method = BackgroundAwareFineTuning(base_classifier(), steps=5, **OLD).fit(ep(sf, sm, qf, (8, 8)))
+    full = method.predict(gep(sf, sm, qf, (8, 8)))
+    binary = method.predict(ep(sf, sm, qf, (8, 8)))  # binary_rule="logsumexp": the softmax folds exactly
     prob = full.softmax(1)
     folded = torch.stack([prob[:, :-1].sum(1), prob[:, -1]], 1)
     assert torch.allclose(binary.softmax(1), folded, atol=1e-5)
@@ -80,7 +97,8 @@ def test_distillation_keeps_base_predictions_closer_to_the_base_classifier(episo
     teacher = cls(qf).detach().softmax(1)
 
     def drift(gamma):
-        p = BackgroundAwareFineTuning(cls, gamma=gamma).fit(sf, sm).predict_all(qf, (8, 8)).softmax(1)
+        p = BackgroundAwareFineTuning(cls, gamma=gamma).fit(ep(sf, sm, qf, (8, 8))).predict(
+            gep(sf, sm, qf, (8, 8))).softmax(1)
         folded = torch.cat([p[:, :1] + p[:, -1:], p[:, 1:-1]], 1)  # Eq. 7 mapping
         return float((teacher * (teacher.log() - folded.log())).sum(1).mean())  # KL(teacher || student)
 
@@ -88,11 +106,13 @@ def test_distillation_keeps_base_predictions_closer_to_the_base_classifier(episo
     assert d20 < 0.5 * d0
 
 
-def test_first_step_loss_is_eq8(episode):
-    sf, sm, _, _ = episode
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_first_step_loss_is_eq8(episode, variant):
+    sf, sm, qf, _ = episode
     cls = base_classifier()
-    method = BackgroundAwareFineTuning(cls, gamma=3.0, steps=1).fit(sf, sm)
-    init = BackgroundAwareFineTuning(cls, steps=0).fit(sf, sm)
+    kw = VARIANTS[variant]
+    method = BackgroundAwareFineTuning(cls, gamma=3.0, steps=1, **kw).fit(ep(sf, sm, qf, (8, 8)))
+    init = BackgroundAwareFineTuning(cls, steps=0, **kw).fit(ep(sf, sm, qf, (8, 8)))
     logits = F.conv2d(sf, init.weight[:, :, None, None], init.bias)
     labels = F.interpolate(sm[:, None].float(), size=(8, 8), mode="nearest")[:, 0].long()
     expected = reformulated_ce(logits, labels, B + 1) + 3.0 * background_shift_distillation(logits, cls(sf).detach())
@@ -100,14 +120,19 @@ def test_first_step_loss_is_eq8(episode):
 
 
 def test_initialisation(episode):
-    sf, sm, _, _ = episode
+    sf, sm, qf, _ = episode
     cls = base_classifier()
-    fresh = BackgroundAwareFineTuning(cls, steps=0, seed=3).fit(sf, sm)
+    with torch.no_grad():
+        cls.bias.copy_(torch.tensor([0.5, -0.25, 0.125, 1.0]))  # non-zero base biases: bias=True copies them
+    t = ep(sf, sm, qf, (8, 8))
+    fresh = BackgroundAwareFineTuning(cls, steps=0, seed=3, **OLD).fit(t)
     assert torch.equal(fresh.weight[: B + 1], cls.weight[:, :, 0, 0]) and torch.equal(fresh.bias[: B + 1], cls.bias)
     assert fresh.bias[-1] == 0 and fresh.weight[-1].abs().max() <= D ** -0.5
-    again = BackgroundAwareFineTuning(cls, steps=0, seed=3).fit(sf, sm)
+    again = BackgroundAwareFineTuning(cls, steps=0, seed=3, **OLD).fit(t)
     assert torch.equal(fresh.weight, again.weight)  # seeded
-    proto = BackgroundAwareFineTuning(cls, steps=0, novel_init="prototype").fit(sf, sm)
+    official = BackgroundAwareFineTuning(cls, steps=0, seed=3).fit(t)  # official: no bias, same weights
+    assert torch.equal(official.weight, fresh.weight) and torch.equal(official.bias, torch.zeros(B + 2))
+    proto = BackgroundAwareFineTuning(cls, steps=0, novel_init="prototype").fit(t)
     small = F.interpolate(sm[:, None].float(), size=(8, 8), mode="nearest")[:, 0].bool()
     per_shot = torch.stack([sf[k][:, small[k]].mean(1) for k in range(len(sf))]).mean(0)
     assert torch.allclose(proto.weight[-1], F.normalize(per_shot, dim=0), atol=1e-5)
@@ -115,14 +140,14 @@ def test_initialisation(episode):
 
 def test_binary_baseline_learns_a_separable_toy_problem(episode):
     sf, sm, qf, ql = episode
-    method = BinaryFineTuning().fit(sf, sm)
+    method = BinaryFineTuning().fit(fss_task(sf, sm, qf, (8, 8)))
     assert method.weight.shape == (2, D) and torch.equal(method.bias, torch.zeros(2))  # no bias (official)
-    logits = method.predict(qf, (8, 8))
+    logits = method.predict(fss_task(sf, sm, qf, (8, 8)))
     assert logits.shape == (3, 2, 8, 8)
     assert iou(logits.argmax(1), (ql == 4).long()) > 0.9
     assert method.support_losses[-1] < 0.5 * method.support_losses[0]
-    first = BinaryFineTuning(steps=1).fit(sf, sm)
-    init = BinaryFineTuning(steps=0).fit(sf, sm)
+    first = BinaryFineTuning(steps=1).fit(fss_task(sf, sm, qf))
+    init = BinaryFineTuning(steps=0).fit(fss_task(sf, sm, qf))
     labels = F.interpolate(sm[:, None].float(), size=(8, 8), mode="nearest")[:, 0].long()
     weight = torch.tensor([1.0, float((labels == 0).sum() / (labels == 1).sum())])
     expected = F.cross_entropy(F.conv2d(sf, init.weight[:, :, None, None]), labels, weight=weight)
@@ -130,7 +155,9 @@ def test_binary_baseline_learns_a_separable_toy_problem(episode):
 
 
 @pytest.mark.parametrize("make", [lambda: BackgroundAwareFineTuning(base_classifier(), steps=20),
-                                  lambda: BinaryFineTuning(steps=20, bias=True)])
+                                  lambda: BackgroundAwareFineTuning(base_classifier(), steps=20, **OLD),
+                                  lambda: BinaryFineTuning(steps=20, bias=True),
+                                  lambda: BinaryFineTuning(steps=20, align_corners=False)])
 def test_vectorised_episodes_equal_the_loop(make):
     sfs, sms, qfs = [], [], []
     for s in range(3):
@@ -139,37 +166,51 @@ def test_vectorised_episodes_equal_the_loop(make):
         sms.append((sl == 4).long())
         qfs.append(toy(20 + s, n=2)[0])
     sf, sm, qf = torch.stack(sfs), torch.stack(sms), torch.stack(qfs)
-    batched = make().fit_predict_episodes(sf, sm, qf, (8, 8))
-    loop = torch.stack([make().fit_predict(a, b, c, (8, 8)) for a, b, c in zip(sf, sm, qf)])
-    assert batched.shape == (3, 2, 2, 8, 8)
+    tasks = episode_tasks(sf, sm, qf, (16, 16), level="bottleneck")
+    batched = stacked(make().fit_predict(tasks))
+    loop = torch.stack([make().fit(t).predict(t) for t in tasks])
+    assert batched.shape == (3, 2, 2, 16, 16)
     assert torch.allclose(batched, loop, atol=1e-4)
+    gtasks = [gep(t.support(), t.support_labels, t.query(), (16, 16)) for t in tasks]
+    if make().supports(gtasks[0].label_space):  # the (B + 2)-way episodes too
+        g_batched, g_loop = stacked(make().fit_predict(gtasks)), torch.stack([make().fit(t).predict(t) for t in gtasks])
+        assert g_batched.shape == (3, 2, B + 2, 16, 16) and torch.allclose(g_batched, g_loop, atol=1e-4)
 
 
 def test_runs_under_no_grad_and_image_resolution(episode):
     sf, sm, qf, _ = episode
     with torch.no_grad():  # evaluate_fss wraps methods in no_grad
-        method = BackgroundAwareFineTuning(base_classifier(), steps=3, loss_resolution="image").fit(sf, sm)
-        assert method.predict(qf, (16, 16)).shape == (3, 2, 16, 16)
+        t = ep(sf, sm, qf, (16, 16))
+        method = BackgroundAwareFineTuning(base_classifier(), steps=3, loss_resolution="image").fit(t)
+        assert method.predict(t).shape == (3, 2, 16, 16)
     assert method.support_losses[-1] < method.support_losses[0]
 
 
 def test_bad_inputs(episode):
     sf, sm, qf, _ = episode
-    with pytest.raises(RuntimeError, match="fit"):
-        BinaryFineTuning().predict(qf, (8, 8))
+    with pytest.raises(NotFittedError, match="fit"):
+        BinaryFineTuning().predict(fss_task(sf, sm, qf))
     with pytest.raises(TypeError, match="1x1 nn.Conv2d"):
         BackgroundAwareFineTuning(nn.Conv2d(D, 4, 3))
     with pytest.raises(ValueError, match="novel_init"):
         BackgroundAwareFineTuning(base_classifier(), novel_init="zeros")
     with pytest.raises(ValueError, match="loss_resolution"):
         BinaryFineTuning(loss_resolution="half")
-    with pytest.raises(ValueError, match="no foreground"):
-        BinaryFineTuning().fit(sf, torch.zeros_like(sm))
+    with pytest.raises(ValueError, match="binary_rule"):
+        BackgroundAwareFineTuning(base_classifier(), binary_rule="mean")
+    one_empty = sm.clone()
+    one_empty[1] = 0
+    with pytest.raises(ValueError, match=r"support masks \[1\] have no foreground"):
+        BinaryFineTuning().fit(fss_task(sf, one_empty, qf))
+    with pytest.raises(ValueError, match="no support pixel"):
+        BinaryFineTuning().fit(fss_task(sf, torch.zeros_like(sm), qf))
     with pytest.raises(ValueError, match="channels"):
-        BackgroundAwareFineTuning(base_classifier()).fit(sf[:, :4], sm)
-    method = BinaryFineTuning(steps=1).fit(sf, sm)
+        BackgroundAwareFineTuning(base_classifier()).fit(ep(sf[:, :4], sm, qf[:, :4], None))
+    with pytest.raises(ValueError, match="ONE novel class"):  # a GFSS task must be the head's B with N = 1
+        BackgroundAwareFineTuning(base_classifier()).fit(gfss_task(sf, sm.masked_fill(sm == 1, B), qf, B - 1, 1, 2))
+    method = BinaryFineTuning(steps=1).fit(fss_task(sf, sm, qf))
     with pytest.raises(ValueError, match="like the supports"):
-        method.predict(qf[:, :4], (8, 8))
+        method.predict(fss_task(sf[:, :4], sm, qf[:, :4]))
 
 
 def test_feature_labels_keep_tiny_foreground():

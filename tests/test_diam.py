@@ -3,8 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fss_lab.methods.diam import DIaM, downsample_labels, novel_prototypes
+from fss_lab.methods import NotFittedError, UnsupportedTaskError
+from fss_lab.methods.diam import DIaM, novel_prototypes
 from fss_lab.metrics import GFSSMeter
+from fss_lab.ops import resize_labels
+from tests.tasks import fss_task, gfss_task
 
 B, N = 2, 2  # labels: 0 bg, 1-2 base, 3-4 novel
 
@@ -39,6 +42,17 @@ def toy_problem(q=4, shots=1, seed=0):
     return base_w, torch.zeros(3), fs, ls, fq, lq
 
 
+def task(fs, ls, fq, lq=None, *, shots=1, valid="labels", num_base=B):
+    """The GFSS task (B = 2, N = 2); ``lq`` gives ``query_labels`` and, unless ``valid=None``, the official
+    ``query_valid = lq != 255``."""
+    qv = valid if not isinstance(valid, str) else None if lq is None else lq != 255
+    return gfss_task(fs, ls, fq, num_base, N, shots, query_valid=qv, query_labels=lq)
+
+
+def downsample_labels(labels, size):
+    return resize_labels(labels, size, "nearest")
+
+
 def test_matches_numbers_from_the_official_code():
     """Reference values computed by running sinahmr/DIaM's Classifier (CPU) on exactly these inputs
     (lr 0.01, 12 iterations so the "self" prior update after iteration 10 is covered)."""
@@ -51,7 +65,7 @@ def test_matches_numbers_from_the_official_code():
     ls[0, :2], ls[1, 4:], ls[:, :, 5] = 3, 4, 255
     lq = torch.randint(0, 5, (2, 6, 6), generator=g)
     lq[:, 0, :] = 255
-    m = DIaM(conv_w, conv_b, 2, 1, lr=0.01, iterations=12).fit(fs, ls, fq, query_labels=lq)
+    m = DIaM.from_weights(conv_w, conv_b, lr=0.01, iterations=12).fit(task(fs, ls, fq, lq))
     official = {  # iteration: {term: [task 0, task 1]}
         0: {"ce": [0.27516329, 0.27516329], "kl": [0.0, 0.0], "entropy": [1.10948908, 1.25323641],
             "kd": [1.23998225, 0.36865988]},
@@ -68,7 +82,7 @@ def test_matches_numbers_from_the_official_code():
     pi = torch.tensor([[0.02734514, 0.43767521, 0.08720044, 0.17168750, 0.27609178],
                        [0.08710154, 0.12975529, 0.20302911, 0.23957612, 0.34053800]])
     assert torch.allclose(m.prior, pi, atol=2e-5)
-    p = m.predict_proba(fq, (6, 6))
+    p = m.predict_proba(task(fs, ls, fq, lq))
     p23 = torch.tensor([[0.00812199, 0.78611624, 0.03936487, 0.07950118, 0.08689567],
                         [0.07245670, 0.17327334, 0.13652053, 0.20558979, 0.41215965]])
     assert torch.allclose(p[:, :, 2, 3], p23, atol=2e-5)
@@ -76,16 +90,16 @@ def test_matches_numbers_from_the_official_code():
                           [1, 1, 1, 1, 1, 4], [3, 3, 3, 4, 4, 4]],
                          [[4, 4, 4, 4, 4, 3], [4, 4, 4, 4, 4, 4], [4, 4, 4, 4, 4, 4], [4, 4, 4, 4, 4, 4],
                           [3, 4, 4, 4, 4, 4], [3, 3, 2, 2, 4, 4]]])
-    assert torch.equal(m.predict(fq, (6, 6)).argmax(1), pred)
+    assert torch.equal(m.predict(task(fs, ls, fq, lq)).argmax(1), pred)
 
 
 def test_batched_equals_per_query_loop():
     bw, bb, fs, ls, fq, lq = toy_problem(q=5)
     kw = dict(iterations=30, lr=0.01)
-    batched = DIaM(bw, bb, N, 1, **kw).fit(fs, ls, fq)
-    looped = DIaM(bw, bb, N, 1, **kw).fit(fs, ls, fq, batched=False)
-    chunked = DIaM(bw, bb, N, 1, task_chunk=2, **kw).fit(fs, ls, fq)
-    a, b, c = (m.predict(fq, (32, 32)) for m in (batched, looped, chunked))
+    batched = DIaM.from_weights(bw, bb, **kw).fit(task(fs, ls, fq))
+    looped = DIaM.from_weights(bw, bb, **kw).fit(task(fs, ls, fq), batched=False)
+    chunked = DIaM.from_weights(bw, bb, task_chunk=2, **kw).fit(task(fs, ls, fq))
+    a, b, c = (m.predict(task(fs, ls, fq)) for m in (batched, looped, chunked))
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
     assert torch.equal(a.argmax(1), b.argmax(1)) and torch.equal(a.argmax(1), c.argmax(1))
     assert torch.allclose(batched.history["loss"], looped.history["loss"], atol=1e-4)
@@ -93,7 +107,7 @@ def test_batched_equals_per_query_loop():
 
 def test_self_prior_initial_kl_zero_and_update_after_iteration_10():
     bw, bb, fs, ls, fq, _ = toy_problem(q=2)
-    m = DIaM(bw, bb, N, 1, iterations=14, lr=0.01).fit(fs, ls, fq)
+    m = DIaM.from_weights(bw, bb, iterations=14, lr=0.01).fit(task(fs, ls, fq))
     kl = m.history["kl"]
     assert torch.all(kl[0].abs() < 1e-8)  # pi = initial marginal
     assert torch.all(kl[9] > 1e-6)  # the prior is still the initial one before step 10
@@ -101,30 +115,30 @@ def test_self_prior_initial_kl_zero_and_update_after_iteration_10():
     assert torch.all(kl[11] > 0)
     assert torch.allclose(m.prior, m.history["marginal"][10], atol=1e-7)
     assert not torch.allclose(m.prior, m.initial_prior)
-    never = DIaM(bw, bb, N, 1, iterations=14, lr=0.01, prior_update_at=()).fit(fs, ls, fq)
+    never = DIaM.from_weights(bw, bb, iterations=14, lr=0.01, prior_update_at=()).fit(task(fs, ls, fq))
     assert torch.all(never.history["kl"][10] > 1e-6) and torch.equal(never.prior, never.initial_prior)
-    no_kl = DIaM(bw, bb, N, 1, iterations=14, lr=0.01, weights=(100, 0, 1, 100)).fit(fs, ls, fq)
+    no_kl = DIaM.from_weights(bw, bb, iterations=14, lr=0.01, weights=(100, 0, 1, 100)).fit(task(fs, ls, fq))
     assert torch.equal(no_kl.prior, no_kl.initial_prior)  # official: no update when the KL weight is 0
 
 
 def test_priors():
     bw, bb, fs, ls, fq, lq = toy_problem(q=2)
-    uni = DIaM(bw, bb, N, 1, iterations=2, prior="uniform").fit(fs, ls, fq)
+    uni = DIaM.from_weights(bw, bb, iterations=2, prior="uniform").fit(task(fs, ls, fq))
     assert torch.allclose(uni.prior, torch.full((2, 5), 0.2))
-    ora = DIaM(bw, bb, N, 1, iterations=2, prior="oracle").fit(fs, ls, fq, query_labels=lq)
+    ora = DIaM.from_weights(bw, bb, iterations=2, prior="oracle").fit(task(fs, ls, fq, lq))
     true = torch.stack([torch.bincount(downsample_labels(lq, (8, 8))[i].flatten(), minlength=5) / 64.0
                         for i in range(2)])
     assert torch.allclose(ora.prior, true, atol=1e-6)
-    img = DIaM(bw, bb, N, 1, iterations=2, prior="imglvl").fit(fs, ls, fq, query_labels=lq)
+    img = DIaM.from_weights(bw, bb, iterations=2, prior="imglvl").fit(task(fs, ls, fq, lq))
     assert torch.all(img.prior[true == 0] == 0) and torch.allclose(img.prior.sum(1), torch.ones(2), atol=1e-5)
     for prior in ("imglvl", "oracle"):
         with pytest.raises(ValueError, match="query_labels"):
-            DIaM(bw, bb, N, 1, prior=prior).fit(fs, ls, fq)
+            DIaM.from_weights(bw, bb, prior=prior).fit(task(fs, ls, fq))
 
 
 def test_initialisation():
     bw, bb, fs, ls, fq, _ = toy_problem(q=2)
-    m = DIaM(bw, bb, N, 1, iterations=0).fit(fs, ls, fq)
+    m = DIaM.from_weights(bw, bb, iterations=0).fit(task(fs, ls, fq))
     assert torch.equal(m.weight[:, :3], bw.expand(2, -1, -1)) and torch.equal(m.bias[:, :3], bb.expand(2, -1))
     assert torch.equal(m.bias[:, 3:], torch.zeros(2, N))
     novel = m.weight[0, 3:]
@@ -138,16 +152,17 @@ def test_initialisation():
 
 def test_base_frozen_option():
     bw, bb, fs, ls, fq, _ = toy_problem(q=2)
-    frozen = DIaM(bw, bb, N, 1, iterations=10, fine_tune_base=False).fit(fs, ls, fq)
+    frozen = DIaM.from_weights(bw, bb, iterations=10, fine_tune_base=False).fit(task(fs, ls, fq))
     assert torch.equal(frozen.weight[:, :3], bw.expand(2, -1, -1)) and torch.equal(frozen.bias[:, :3], bb.expand(2, -1))
-    assert not torch.equal(frozen.weight[:, 3:], DIaM(bw, bb, N, 1, iterations=0).fit(fs, ls, fq).weight[:, 3:])
-    tuned = DIaM(bw, bb, N, 1, iterations=10).fit(fs, ls, fq)
+    init = DIaM.from_weights(bw, bb, iterations=0).fit(task(fs, ls, fq))
+    assert not torch.equal(frozen.weight[:, 3:], init.weight[:, 3:])
+    tuned = DIaM.from_weights(bw, bb, iterations=10).fit(task(fs, ls, fq))
     assert not torch.equal(tuned.weight[:, :3], bw.expand(2, -1, -1))
 
 
 def test_improves_novel_iou_on_a_separable_toy_problem():
     bw, bb, fs, ls, fq, lq = toy_problem(q=6)
-    m = DIaM(bw, bb, N, 1, snapshot_at=(0, 100)).fit(fs, ls, fq)
+    m = DIaM.from_weights(bw, bb, snapshot_at=(0, 100)).fit(task(fs, ls, fq))
     preds = m.snapshot_predictions((32, 32))
     scores = {}
     for step, pred in preds.items():
@@ -156,7 +171,7 @@ def test_improves_novel_iou_on_a_separable_toy_problem():
         scores[step] = meter.scores()
     assert scores[100]["novel_miou"] > scores[0]["novel_miou"] + 0.3
     assert scores[100]["base_miou"] > scores[0]["base_miou"] - 0.15  # base classes mostly kept (0.77 -> 0.68)
-    assert torch.equal(preds[100], m.predict(fq, (32, 32)).argmax(1))
+    assert torch.equal(preds[100], m.predict(task(fs, ls, fq)).argmax(1))
     assert m.snapshots[0].shape == (6, 5, 8, 8)
     assert set(m.history) == {"ce", "kl", "entropy", "kd", "loss", "marginal"}
     assert m.history["loss"].shape == (100, 6) and m.history["marginal"].shape == (100, 6, 5)
@@ -167,17 +182,17 @@ def test_base_labels_in_support_count_as_background():
     with_base = ls.clone()
     with_base[:, :4, :4] = 2  # base pixels labelled
     zeroed = with_base.masked_fill((with_base >= 1) & (with_base <= B), 0)
-    a = DIaM(bw, bb, N, 1, iterations=5).fit(fs, with_base, fq).predict(fq, (32, 32))
-    b = DIaM(bw, bb, N, 1, iterations=5).fit(fs, zeroed, fq).predict(fq, (32, 32))
+    a = DIaM.from_weights(bw, bb, iterations=5).fit(task(fs, with_base, fq)).predict(task(fs, ls, fq))
+    b = DIaM.from_weights(bw, bb, iterations=5).fit(task(fs, zeroed, fq)).predict(task(fs, ls, fq))
     assert torch.equal(a, b)
 
 
 def test_prediction_upsamples_probabilities():
     bw, bb, fs, ls, fq, _ = toy_problem(q=2)
-    m = DIaM(bw, bb, N, 1, iterations=3).fit(fs, ls, fq)
+    m = DIaM.from_weights(bw, bb, iterations=3).fit(task(fs, ls, fq))
     probs = torch.softmax(torch.einsum("qdhw,qcd->qchw", fq, m.weight) + m.bias[:, :, None, None], 1)
     up = F.interpolate(probs, size=(32, 32), mode="bilinear", align_corners=True)
-    out = m.predict(fq, (32, 32))
+    out = m.predict(task(fs, ls, fq))
     assert out.shape == (2, 5, 32, 32)
     assert torch.allclose(out.exp(), up, atol=1e-6) and torch.equal(out.argmax(1), up.argmax(1))
 
@@ -188,49 +203,62 @@ def test_from_classifier_and_query_valid():
     with torch.no_grad():
         conv.weight.copy_(bw[:, :, None, None])
         conv.bias.copy_(bb)
-    a = DIaM.from_classifier(conv, N, 1, iterations=3).fit(fs, ls, fq).predict(fq, (32, 32))
-    b = DIaM(bw, bb, N, 1, iterations=3).fit(fs, ls, fq).predict(fq, (32, 32))
+    a = DIaM(conv, iterations=3).fit(task(fs, ls, fq)).predict(task(fs, ls, fq))
+    model = torch.nn.Module()
+    model.classifier = conv
+    assert torch.equal(a, DIaM(model, iterations=3).fit(task(fs, ls, fq)).predict(task(fs, ls, fq)))
+    b = DIaM.from_weights(bw, bb, iterations=3).fit(task(fs, ls, fq)).predict(task(fs, ls, fq))
     assert torch.allclose(a, b)
     ignore = lq.clone()
     ignore[:, :16] = 255  # labels' 255 pixels leave the query terms (official valid = label != 255)
-    c = DIaM(bw, bb, N, 1, iterations=3, prior="oracle").fit(fs, ls, fq, query_labels=ignore)
-    d = DIaM(bw, bb, N, 1, iterations=3, prior="oracle").fit(fs, ls, fq, query_labels=ignore,
-                                                            query_valid=ignore != 255)
+    # without query_valid, a method that reads the labels leaves their 255 pixels out too
+    c = DIaM.from_weights(bw, bb, iterations=3, prior="oracle").fit(task(fs, ls, fq, ignore, valid=None))
+    d = DIaM.from_weights(bw, bb, iterations=3, prior="oracle").fit(task(fs, ls, fq, ignore))
     assert torch.equal(c.history["loss"], d.history["loss"])
-    assert not torch.allclose(c.history["entropy"], DIaM(bw, bb, N, 1, iterations=3).fit(fs, ls, fq).history["entropy"])
+    every_pixel = DIaM.from_weights(bw, bb, iterations=3).fit(task(fs, ls, fq))
+    assert not torch.allclose(c.history["entropy"], every_pixel.history["entropy"])
 
 
 def test_bad_inputs():
     bw, bb, fs, ls, fq, _ = toy_problem(q=2)
-    m = DIaM(bw, bb, N, 1, iterations=1)
-    with pytest.raises(RuntimeError, match="fit"):
-        m.predict(fq, (32, 32))
-    with pytest.raises(ValueError, match="transductive"):
-        m.fit(fs, ls)
-    with pytest.raises(ValueError, match="shots"):
-        DIaM(bw, bb, N, 2).fit(fs, ls, fq)
+    m = DIaM.from_weights(bw, bb, iterations=1)
+    with pytest.raises(NotFittedError, match="fit"):
+        m.predict(task(fs, ls, fq))
+    assert DIaM.transductive  # the evaluator fits it on every query batch (a Task always has queries)
+    with pytest.raises(ValueError, match="shots"):  # S = 2 supports is not N * K = 2 * 2
+        m.fit(task(fs, ls, fq, shots=2))
+    with pytest.raises(ValueError, match="B=1 base classes but the classifier has 2"):
+        m.fit(task(fs, torch.where((ls >= 2) & (ls != 255), ls - 1, ls), fq, num_base=1))
+    with pytest.raises(UnsupportedTaskError, match="diam handles gfss"):
+        m.fit(fss_task(fs, (ls == 3).long(), fq))
     bad = ls.clone()
     bad[0, 0, 0] = 9
     with pytest.raises(ValueError, match=r"\[9\]"):
-        m.fit(fs, bad, fq)
+        m.fit(task(fs, bad, fq))
     with pytest.raises(ValueError, match="classifier's D"):
-        m.fit(fs[:, :4], ls, fq[:, :4])
-    m.fit(fs, ls, fq)
+        m.fit(task(fs[:, :4], ls, fq[:, :4]))
+    m.fit(task(fs, ls, fq))
     with pytest.raises(ValueError, match="one classifier per query"):
-        m.predict(fq[:1], (32, 32))
+        m.predict(task(fs, ls, fq[:1]))
     with pytest.raises(ValueError, match="prior"):
-        DIaM(bw, bb, N, 1, prior="flat")
+        DIaM.from_weights(bw, bb, prior="flat")
     with pytest.raises(ValueError, match="base_weight"):
-        DIaM(bw[0], bb, N, 1)
-    with pytest.warns(UserWarning, match="no support pixel"):
-        empty = ls.clone()
-        empty[empty == 4] = 0
-        DIaM(bw, bb, N, 1, iterations=1).fit(fs, empty, fq)
+        DIaM.from_weights(bw[0], bb)
+    with pytest.raises(TypeError, match="1x1 nn.Conv2d"):
+        DIaM(torch.nn.Linear(8, 3))
+    empty = ls.clone()
+    empty[empty == 4] = 0
+    with pytest.raises(ValueError, match=r"novel class\(es\) \[4\] have no support pixel"):  # Method.check_task
+        DIaM.from_weights(bw, bb, iterations=1).fit(task(fs, empty, fq))
+    lost = empty.clone()
+    lost[1, 1, 1] = 4  # one pixel that nearest down-sampling (pixel (4i, 4j) of each block) never reads
+    with pytest.warns(UserWarning, match="no support pixel at the feature size"):
+        DIaM.from_weights(bw, bb, iterations=1).fit(task(fs, lost, fq))
 
 
 def test_fit_under_no_grad():
     bw, bb, fs, ls, fq, _ = toy_problem(q=2)
-    ref = DIaM(bw, bb, N, 1, iterations=5).fit(fs, ls, fq).predict(fq, (32, 32))
+    ref = DIaM.from_weights(bw, bb, iterations=5).fit(task(fs, ls, fq)).predict(task(fs, ls, fq))
     with torch.no_grad():
-        out = DIaM(bw, bb, N, 1, iterations=5).fit(fs, ls, fq).predict(fq, (32, 32))
+        out = DIaM.from_weights(bw, bb, iterations=5).fit(task(fs, ls, fq)).predict(task(fs, ls, fq))
     assert torch.equal(ref, out)

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from fss_lab.data import PairTransform, TransformedItems, sample_fss_episodes
-from fss_lab.engine.evaluate import evaluate_fss, foreground_iou
-from fss_lab.methods.base import FewShotMethod
+from fss_lab.engine.evaluate import evaluate_fss
+from fss_lab.methods.base import Method
+from fss_lab.metrics import foreground_iou
 
 
 class _OracleFeatures:
@@ -23,15 +24,16 @@ class _OracleFeatures:
         return torch.nn.functional.one_hot(labels, self.class_count).permute(0, 3, 1, 2).float()
 
 
-class _Constant(FewShotMethod):
+class _Constant(Method):
     name = "all-foreground"
+    label_spaces = ("fss",)
 
-    def fit(self, support_features, support_masks, query_features=None):
+    def fit(self, task):
         return self
 
-    def predict(self, query_features, size):
-        q = query_features.shape[0]
-        return torch.stack([torch.zeros(q, *size), torch.ones(q, *size)], 1)
+    def predict(self, task):
+        q = task.num_queries
+        return torch.stack([torch.zeros(q, *task.size), torch.ones(q, *task.size)], 1)
 
 
 def test_foreground_iou_by_hand():
@@ -70,11 +72,59 @@ def test_experiment_on_generated_data_end_to_end():
     from fss_lab.methods.prototype import PrototypeBaseline
 
     exp = FSSExperiment(FSSConfig(n_episodes=12, image_size=(96, 96), levels=("s16",), seed=3))
-    res = exp.run(PrototypeBaseline(), 1, progress=False)
+    res = exp.evaluate(PrototypeBaseline(), 1, progress=False)
     # ImageNet features must beat an all-background guess (0) and be far from perfect on this data
     assert 0.05 < res.miou < 0.95
     assert exp.query_cache.misses <= len({i for e in exp.episodes(1) for i in e.query + e.support})
-    again = exp.run(PrototypeBaseline(), 1, progress=False)
+    again = exp.evaluate(PrototypeBaseline, 1, progress=False)  # a zero-argument factory works too
     assert again.episode_iou == res.episode_iou, "same episodes and cached features give the same scores"
     ep = exp.episode(0, 1)
     assert ep.support_images.shape[-2:] == (96, 96) and ep.norm_mean == (0.5, 0.5, 0.5)
+
+
+class _Recorder(_Constant):
+    """Remembers every task it is given (to check what the evaluator puts in them)."""
+
+    name = "recorder"
+
+    def __init__(self, reads_labels=False):
+        self.tasks = []
+        self.reads_query_labels = reads_labels
+
+    def fit(self, task):
+        self.tasks.append(task)
+        return self
+
+
+@pytest.mark.parametrize("reads_labels", [False, True])
+def test_every_task_gets_query_valid_and_labels_only_on_request(toy, reads_labels):
+    # issue 8: query_valid = query label != 255 for every method (official RePRI / DIaM); labels only for oracles
+    items = TransformedItems(toy, PairTransform((48, 40), mode="long_side_pad"))  # padding pixels are 255
+    assert bool((items.label(0) == 255).any())
+    eps = sample_fss_episodes(toy, fold=0, shots=1, n_episodes=4, seed=2)
+    method = _Recorder(reads_labels)
+    evaluate_fss(method, eps, items, items, _OracleFeatures(items), progress=False, batch_episodes=3)
+    assert len(method.tasks) == 4
+    for task, e in zip(method.tasks, eps):
+        label = items.label(e.query[0])
+        assert task.label_space.is_fss and task.shots == 1 and task.size == tuple(label.shape)
+        assert torch.equal(task.query_valid[0], label != 255)
+        assert (task.query_labels is not None) == reads_labels
+        if reads_labels:
+            want = (label == e.class_id).long().masked_fill(label == 255, 255)
+            assert torch.equal(task.query_labels[0].long(), want)
+
+
+def test_a_gfss_only_method_is_refused_before_any_work(toy):
+    from fss_lab.methods import UnsupportedTaskError, list_methods
+
+    class GFSSOnly(_Constant):
+        name = "gfss-only"
+        label_spaces = ("gfss",)
+
+    items = TransformedItems(toy, PairTransform((32, 32)))
+    eps = sample_fss_episodes(toy, fold=0, shots=1, n_episodes=2, seed=1)
+    feats = _OracleFeatures(items)
+    with pytest.raises(UnsupportedTaskError, match="gfss-only declares label_spaces=\\('gfss',\\)") as info:
+        evaluate_fss(GFSSOnly(), eps, items, items, feats, progress=False)
+    assert str(list_methods("fss")) in str(info.value) and feats.calls == 0

@@ -3,7 +3,8 @@ import torch
 
 from fss_lab.data import PairTransform, TransformedItems, sample_fss_episodes
 from fss_lab.data.class_maps import GFSSClassMap
-from fss_lab.engine.evaluate_episode_gfss import episode_gfss_label, evaluate_episode_gfss
+from fss_lab.engine.evaluate import episode_gfss_label, evaluate_episode_gfss
+from fss_lab.methods.base import Method
 from tests.conftest import ToyDataset
 
 
@@ -14,19 +15,23 @@ def test_episode_label_by_hand():
     assert episode_gfss_label(label, cmap, 4).tolist() == [[0, 1, 2, 0, 3, 255]]
 
 
-class _Oracle:
+class _Oracle(Method):
     """Predicts the query's own episode label (a perfect (B+2)-way method) from label-valued 'features'."""
+
+    name = "episode-oracle"
+    label_spaces = ("gfss",)
 
     def __init__(self, items, cmap):
         self.items, self.cmap = items, cmap
 
-    def fit(self, support_features, support_masks):
+    def fit(self, task):
         self.class_id = None
         return self
 
-    def predict_all(self, query_features, size):
-        labels = query_features[:, 0].long()
-        return torch.nn.functional.one_hot(labels.clamp(max=self.cmap.num_base + 1), self.cmap.num_base + 2).permute(0, 3, 1, 2).float()
+    def predict(self, task):
+        labels = task.query()[:, 0].long()
+        nb = task.label_space.num_base
+        return torch.nn.functional.one_hot(labels.clamp(max=nb + 1), nb + 2).permute(0, 3, 1, 2).float()
 
 
 def test_perfect_method_scores_one(toy):
@@ -40,8 +45,11 @@ def test_perfect_method_scores_one(toy):
             return torch.stack([episode_gfss_label(items.label(i), cmap, episode_of.get(i, 0)).float()[None]
                                 for i in indices])
 
-    scores = evaluate_episode_gfss(_Oracle(items, cmap), eps, items, Features(), cmap)
+    res = evaluate_episode_gfss(_Oracle(items, cmap), eps, items, Features(), cmap)
+    scores = res.scores
+    assert set(scores) == {"base", "novel", "mean", "harmonic", "FB-IoU"} and res.kind == "episode-gfss"
     assert scores["novel"] == 1.0 and scores["base"] == 1.0 and scores["harmonic"] == 1.0
+    assert scores["mean"] == 1.0 and scores["FB-IoU"] == 1.0 and res.count == 8
 
 
 def test_supports_come_from_the_support_split(toy):
@@ -52,8 +60,9 @@ def test_supports_come_from_the_support_split(toy):
     seen = []
 
     class Recorder(_Oracle):
-        def fit(self, support_features, support_masks):
-            seen.append((support_features.unique().tolist(), support_masks.shape))
+        def fit(self, task):
+            seen.append((task.support().unique().tolist(), tuple(task.support_labels.shape), task.label_space,
+                         sorted(task.support_labels.unique().tolist()), task.query().unique().tolist()))
             return self
 
     class Const:
@@ -65,4 +74,8 @@ def test_supports_come_from_the_support_split(toy):
 
     evaluate_episode_gfss(Recorder(items, cmap), eps, items, Const(0.0), cmap, support_items=items,
                           support_features=Const(7.0))
-    assert seen and all(values == [7.0] and shape == (1, 32, 32) for values, shape in seen)
+    assert seen and all(values == [7.0] and shape == (1, 32, 32) for values, shape, *_ in seen)
+    nb = cmap.num_base
+    for *_, space, support_labels, query_values in seen:  # (B, 1) label space: the episode class is B + 1
+        assert (space.num_base, space.num_novel) == (nb, 1) and set(support_labels) <= {0, nb + 1, 255}
+        assert nb + 1 in support_labels and query_values == [0.0]

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from fss_lab.data import PairTransform, TransformedItems
 from fss_lab.data.gfss import gfss_query_labels, gfss_runs
-from fss_lab.engine.evaluate_gfss import evaluate_gfss, evaluate_gfss_runs
-from fss_lab.methods.base import GFSSMethod
+from fss_lab.engine.evaluate import evaluate_gfss, evaluate_gfss_runs
+from fss_lab.methods.base import Method
 from tests.conftest import ToyDataset
 from tests.test_gfss_protocol import LAYOUT
 
@@ -24,28 +24,29 @@ class OneHotFeatures:
         return onehot.permute(0, 3, 1, 2).float()
 
 
-class Oracle(GFSSMethod):
-    """Returns its features as logits: perfect on OneHotFeatures. Counts fit calls."""
+class Oracle(Method):
+    """Returns its features as logits: perfect on OneHotFeatures. Records the queries of each fit."""
 
     name = "oracle"
+    label_spaces = ("gfss",)
 
     def __init__(self, transductive=False):
         self.transductive = transductive
         self.fits = []
 
-    def fit(self, support_features, support_labels, query_features=None):
-        self.fits.append(None if query_features is None else len(query_features))
+    def fit(self, task):
+        self.fits.append(task.num_queries)
         return self
 
-    def predict(self, query_features, size):
-        return F.interpolate(query_features, size=size, mode="bilinear", align_corners=False)
+    def predict(self, task):
+        return F.interpolate(task.query(), size=task.size, mode="bilinear", align_corners=False)
 
 
 class Background(Oracle):
     name = "background"
 
-    def predict(self, query_features, size):
-        logits = torch.zeros(query_features.shape[0], query_features.shape[1], *size)
+    def predict(self, task):
+        logits = torch.zeros(task.num_queries, task.label_space.num_classes, *task.size)
         logits[:, 0] = 1
         return logits
 
@@ -64,8 +65,8 @@ def test_perfect_method_scores_one(setup):
     res = evaluate_gfss(method, runs[0], feats, items, batch_size=4, keep_predictions=3)
     for key in ("base", "novel", "mean", "harmonic", "base_miou", "base_miou_with_bg", "novel_miou"):
         assert res.scores[key] == pytest.approx(1.0), key
-    assert method.fits == [None], "an inductive method is fit once"
-    assert res.n_queries == len(runs[0].query) and len(res.predictions) == 3
+    assert len(method.fits) == 1, "an inductive method is fit once (on the first query batch's task)"
+    assert res.count == len(runs[0].query) and len(res.predictions) == 3 and res.kind == "gfss"
     q0 = runs[0].query[0]
     want = gfss_query_labels(items, [q0], runs[0].class_map)[0]
     assert torch.equal(res.predictions[q0].long(), want)
@@ -104,10 +105,36 @@ def test_bad_logits_and_arguments(setup):
     runs, items, feats = setup
 
     class Wrong(Oracle):
-        def predict(self, query_features, size):
-            return torch.zeros(query_features.shape[0], 2, *size)
+        def predict(self, task):
+            return torch.zeros(task.num_queries, 2, *task.size)
 
     with pytest.raises(ValueError, match=r"1 \+ B \+ N"):
         evaluate_gfss(Wrong(), runs[0], feats, items)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate_gfss(Oracle(), runs[0], feats, items, batch_size=0)
+
+
+def test_fss_only_method_is_refused_and_tasks_carry_valid_pixels(setup):
+    from fss_lab.methods import UnsupportedTaskError, list_methods
+
+    runs, items, feats = setup
+
+    class FSSOnly(Oracle):
+        name = "fss-only"
+        label_spaces = ("fss",)
+
+    with pytest.raises(UnsupportedTaskError, match="fss-only declares") as info:
+        evaluate_gfss(FSSOnly(), runs[0], feats, items)
+    assert str(list_methods("gfss")) in str(info.value) and feats.calls == []
+
+    class Recorder(Oracle):
+        def fit(self, task):
+            self.task = task
+            return super().fit(task)
+
+    method = Recorder()
+    evaluate_gfss(method, runs[0], feats, items, batch_size=3)
+    t, cmap = method.task, runs[0].class_map
+    assert (t.label_space.num_base, t.label_space.num_novel) == (cmap.num_base, cmap.num_novel)
+    want = gfss_query_labels(items, runs[0].query[:3], cmap)
+    assert t.num_queries == 3 and torch.equal(t.query_valid.cpu(), want != 255) and t.query_labels is None

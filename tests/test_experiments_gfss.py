@@ -33,3 +33,26 @@ def test_same_split_episodes_stay_in_the_query_split():
     assert eps.meta["support_split"] == "val"
     assert all(s < 4 and s != e.query[0] for e in eps for s in e.support)
     assert exp.fss_support() == ("val items", "val cache")
+
+
+def test_dataset_defaults_moved_to_data_and_re_exported():
+    import fss_lab.data as data
+    import fss_lab.experiments as experiments
+    from fss_lab.data.defaults import DATASET_DEFAULTS, PROTOCOLS
+
+    assert data.DATASET_DEFAULTS is DATASET_DEFAULTS and experiments.DATASET_DEFAULTS is DATASET_DEFAULTS
+    assert data.PROTOCOLS is PROTOCOLS and experiments.PROTOCOLS is PROTOCOLS
+
+
+def test_as_method_takes_an_instance_or_a_zero_argument_factory():
+    import pytest
+
+    from fss_lab.experiments import as_method
+    from fss_lab.methods.prototype import PrototypeBaseline
+
+    m = PrototypeBaseline()
+    assert as_method(m) is m and isinstance(as_method(PrototypeBaseline), PrototypeBaseline)
+    with pytest.raises(TypeError, match="not a fss_lab Method"):
+        as_method(lambda: "nope")
+    with pytest.raises(TypeError, match="expected a Method"):
+        as_method(3)

@@ -188,3 +188,34 @@ def test_cache_bad_inputs():
     bad = FeatureCache(ext, lambda i: torch.zeros(16, 24, 3, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"load_image\(7\) returned \(16, 24, 3\)"):
         bad.get([7])
+
+
+# ---------------------------------------------------------------- ModelFeatures (moved to fss_lab.models.features)
+def test_model_features_read_the_bottleneck_or_the_backbone():
+    from fss_lab.models.features import ModelFeatures
+
+    class TinySeg(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Conv2d(3, 5, 3, stride=2, padding=1)
+            self.head = nn.Sequential(nn.Conv2d(5, 4, 1), nn.Dropout2d(0.5))
+            self.classifier = nn.Conv2d(4, 3, 1)
+
+        def backbone_features(self, x):
+            return self.backbone(x)
+
+        def features(self, x):
+            return self.head(self.backbone_features(x))
+
+    model = TinySeg().train()
+    x = _images(2, 8, 8)
+    bottleneck, backbone = ModelFeatures(model), ModelFeatures(model, "backbone")
+    out = bottleneck(x)
+    assert not model.training, "kept in eval mode (dropout off)"
+    with torch.no_grad():
+        torch.testing.assert_close(out, model.features(x))
+        torch.testing.assert_close(backbone(x), model.backbone_features(x))
+    assert out.shape == (2, 4, 4, 4) and not out.requires_grad and out.dtype == torch.float32
+    assert backbone(x).shape == (2, 5, 4, 4) and bottleneck.device == torch.device("cpu")
+    with pytest.raises(ValueError, match="source"):
+        ModelFeatures(model, "logits")

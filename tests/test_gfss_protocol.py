@@ -176,3 +176,13 @@ def test_base_supports_reuse_images_when_candidates_run_out(ds):
     assert run.support_classes == (1, 2) + (3,) * 3 + (4,) * 3
     assert set(run.support[2:5]) == {12, 13} and run.support[5:] == (15, 15, 15)
     assert 3 in run.repeated and 4 in run.repeated
+
+
+def test_novel_only_drops_the_base_shots(ds):
+    # issue 8: GFSSExperiment.novel_only(run) is now run.novel_only() (what DIaM and the prototypes see)
+    run = gfss_runs(ds, 0, 2, n_runs=1, base_shots=1)[0]
+    novel = run.novel_only()
+    assert run.support_classes == (1, 1, 2, 2, 3, 4) and run.base_shots == 1
+    assert novel.support == run.support[:4] and novel.support_classes == (1, 1, 2, 2) and novel.base_shots == 0
+    assert novel.support_ids == run.support_ids[:4] and novel.query == run.query and novel.shots == run.shots
+    assert novel.novel_only() == novel

@@ -4,12 +4,10 @@ import math
 import pytest
 import torch
 
-from fss_lab.methods.prototype import (
-    PrototypeBaseline,
-    cosine_logits,
-    downsample_masks,
-    masked_average_pooling,
-)
+from fss_lab.methods import NotFittedError
+from fss_lab.methods.prototype import MAP_EPS, PrototypeBaseline, cosine_logits
+from fss_lab.ops import masked_average_pooling, resize_labels
+from tests.tasks import episode_tasks, fss_task, stacked
 
 
 def test_masked_average_pooling_by_hand():
@@ -23,7 +21,7 @@ def test_masked_average_pooling_by_hand():
 
 def test_downsample_masks_area_fractions_and_ignore():
     m = torch.tensor([[[1, 1, 0, 0], [1, 255, 0, 0]]])  # [1, 2, 4]
-    w = downsample_masks(m, (1, 2))
+    w = resize_labels(m, (1, 2), "area", num_classes=2)
     # left 2x2 cell: 3 fg, 1 ignore -> fg 0.75, bg 0; right cell: all bg
     assert torch.allclose(w[0, :, 0, 0], torch.tensor([0.0, 0.75]))
     assert torch.allclose(w[0, :, 0, 1], torch.tensor([1.0, 0.0]))
@@ -48,8 +46,8 @@ def test_prototype_segments_a_separable_query():
     sm[2:6, 2:6] = 1
     qm = torch.zeros(8, 8, dtype=torch.long)
     qm[0:3, 4:8] = 1
-    method = PrototypeBaseline().fit(feats(sm), sm[None])
-    logits = method.predict(feats(qm), (8, 8))
+    task = fss_task(feats(sm), sm[None], feats(qm), (8, 8))
+    logits = PrototypeBaseline().fit(task).predict(task)
     assert logits.shape == (1, 2, 8, 8)
     assert torch.equal(logits.argmax(1)[0], qm)
 
@@ -60,25 +58,33 @@ def test_k_shot_averages_per_shot_prototypes():
     m[:, :2] = 1
     m[2, :, :] = 1
     m[2, 3, 3] = 0
-    k3 = PrototypeBaseline().fit(f, m).prototypes
-    singles = torch.stack([PrototypeBaseline().fit(f[i : i + 1], m[i : i + 1]).prototypes for i in range(3)])
+    q = torch.randn(1, 5, 4, 4)
+    k3 = PrototypeBaseline().fit(fss_task(f, m, q)).prototypes
+    singles = torch.stack([PrototypeBaseline().fit(fss_task(f[i : i + 1], m[i : i + 1], q)).prototypes
+                           for i in range(3)])
     assert torch.allclose(k3, singles.mean(0), atol=1e-6)
 
 
 def test_support_checks():
     f = torch.randn(2, 4, 4, 4)
-    with pytest.raises(ValueError, match="no foreground"):
-        PrototypeBaseline().fit(f, torch.zeros(2, 8, 8, dtype=torch.long))
-    with pytest.raises(ValueError, match="2 support feature maps but 1 support masks"):
-        PrototypeBaseline().fit(f, torch.ones(1, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="no support pixel"):  # no shot shows the class
+        PrototypeBaseline().fit(fss_task(f, torch.zeros(2, 8, 8, dtype=torch.long), f))
+    one_empty = torch.zeros(2, 8, 8, dtype=torch.long)
+    one_empty[0, :2] = 1
+    with pytest.raises(ValueError, match=r"support masks \[1\] have no foreground"):
+        PrototypeBaseline().fit(fss_task(f, one_empty, f))
+    with pytest.raises(ValueError, match=r"must be \[S, D, h, w\]"):  # 2 feature maps, 1 mask: the Task refuses
+        fss_task(f, torch.ones(1, 8, 8, dtype=torch.long), f)
     with pytest.raises(ValueError, match=r"found \[3\]"):
-        PrototypeBaseline().fit(f, torch.full((2, 8, 8), 3, dtype=torch.long).index_fill_(1, torch.tensor([0]), 1))
-    with pytest.raises(RuntimeError, match="fit"):
-        PrototypeBaseline().predict(f, (8, 8))
+        bad = torch.full((2, 8, 8), 3, dtype=torch.long).index_fill_(1, torch.tensor([0]), 1)
+        PrototypeBaseline().fit(fss_task(f, bad, f))
+    with pytest.raises(NotFittedError, match="fit"):
+        PrototypeBaseline().predict(fss_task(f, torch.ones(2, 8, 8, dtype=torch.long), f))
+    assert issubclass(NotFittedError, RuntimeError)
 
 
 def test_vectorised_episodes_equal_the_per_episode_loop():
-    from fss_lab.methods.base import FewShotMethod
+    from fss_lab.methods.base import Method
 
     g = torch.Generator().manual_seed(0)
     sf, qf = torch.randn(4, 3, 6, 5, 5, generator=g), torch.randn(4, 2, 6, 5, 5, generator=g)
@@ -86,7 +92,19 @@ def test_vectorised_episodes_equal_the_per_episode_loop():
     sm[..., 0, 0] = 1
     sm[:, 0, 1:3] = 255
     method = PrototypeBaseline(temperature=7.0)
-    fast = method.fit_predict_episodes(sf, sm, qf, (10, 10))
-    loop = FewShotMethod.fit_predict_episodes(method, sf, sm, qf, (10, 10))
+    tasks = episode_tasks(sf, sm, qf, (10, 10))
+    fast = stacked(method.fit_predict(tasks))
+    loop = stacked(Method.fit_predict(method, tasks))
     assert fast.shape == (4, 2, 2, 10, 10)
     assert torch.allclose(fast, loop, atol=1e-5)
+
+
+def test_map_eps_is_the_baselines_and_shots_are_not_pooled():
+    # the baseline averages per-shot prototypes (PFENet), eps 1e-6 on each shot's mask area
+    f = torch.tensor([[[[2.0, 4.0]]], [[[6.0, 0.0]]]])  # [K=2, D=1, 1, 2]
+    w = torch.tensor([[[[1.0, 1.0]]], [[[1.0, 0.0]]]])  # [K, C=1, 1, 2]
+    per_shot = masked_average_pooling(f, w, MAP_EPS)
+    assert MAP_EPS == 1e-6 and per_shot.shape == (2, 1, 1)
+    assert per_shot[:, 0, 0].tolist() == pytest.approx([3.0, 6.0], rel=1e-5)
+    pooled = masked_average_pooling(f, w, MAP_EPS, pool_shots=True)  # DIaM / RePRI: all pixels pooled
+    assert pooled.shape == (1, 1) and pooled.item() == pytest.approx(12 / 3, rel=1e-5)

@@ -3,7 +3,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fss_lab.methods import NotFittedError
 from fss_lab.methods.repri import RePRI, cosine_scores
+from tests.tasks import episode_tasks, fss_task, stacked
+
+
+def one(fs, ms, fq, mq=None, size=None):
+    """One 1-way task; ``mq`` (0/1/255 query masks) gives ``query_valid = mq != 255`` and the oracle's labels."""
+    kw = {} if mq is None else {"query_valid": mq != 255, "query_labels": mq}
+    return fss_task(fs, ms, fq, size, **kw)
+
+
+def many(fs, ms, fq, mq=None, size=(24, 24)):
+    """One task per episode from ``[E, ...]`` tensors (``mq`` as in :func:`one`)."""
+    kw = {} if mq is None else {"query_valid": mq != 255, "query_labels": mq}
+    return episode_tasks(fs, ms, fq, size, **kw)
 
 
 def episodes(e=3, k=2, q=2, seed=0):
@@ -33,7 +47,7 @@ def test_matches_numbers_from_the_official_code():
     gq = torch.zeros(2, 1, 6, 6, dtype=torch.long)
     gq[:, :, 2:5, 2:5], gq[:, :, :, 0] = 1, 255
     r = RePRI(adapt_iter=14)
-    r.fit_predict_episodes(fs, gs, fq, (6, 6), query_masks=gq)
+    r.fit_predict(many(fs, gs, fq, gq, (6, 6)))
     official = {  # step: {term: [episode 0, episode 1]}
         0: {"ce": [0.63575166, 5.73816347], "kl": [0.0, 0.0], "entropy": [0.00479328, 0.14994054]},
         8: {"ce": [0.55956149, 3.84986663], "kl": [1.254e-07, 0.03011029], "entropy": [0.00737919, 0.03861839]},
@@ -53,14 +67,14 @@ def test_matches_numbers_from_the_official_code():
 
 def test_step_count_is_adapt_iter_minus_one():
     fs, ms, fq, mq = episodes(e=1, q=1)
-    r = RePRI(adapt_iter=50).fit(fs[0], ms[0], fq[0])
+    r = RePRI(adapt_iter=50).fit(one(fs[0], ms[0], fq[0]))
     assert r.num_steps == 49 and r.history["loss"].shape == (49, 1)
-    assert RePRI(adapt_iter=1).fit(fs[0], ms[0], fq[0]).history["loss"].shape == (0, 1)
+    assert RePRI(adapt_iter=1).fit(one(fs[0], ms[0], fq[0])).history["loss"].shape == (0, 1)
 
 
 def test_bias_init_is_mean_score_over_all_query_pixels():
     fs, ms, fq, mq = episodes(e=1, q=1)
-    r = RePRI(adapt_iter=1).fit(fs[0], ms[0], fq[0], query_masks=mq[0])  # no step: initial classifier
+    r = RePRI(adapt_iter=1).fit(one(fs[0], ms[0], fq[0], mq[0]))  # no step: initial classifier
     f = F.normalize(fs[0], dim=1)
     fg = (ms[0, :, ::4, ::4] == 1).unsqueeze(1).float()  # nearest down-sampling of the masks
     proto = (f * fg).sum((0, 2, 3)) / fg.sum()
@@ -73,7 +87,7 @@ def test_bias_init_is_mean_score_over_all_query_pixels():
 
 def test_prior_update_after_step_9_and_kl_weight_plus_one():
     fs, ms, fq, mq = episodes(e=1, q=1, k=2)
-    r = RePRI(adapt_iter=14).fit(fs[0], ms[0], fq[0], query_masks=mq[0])
+    r = RePRI(adapt_iter=14).fit(one(fs[0], ms[0], fq[0], mq[0]))
     h = r.history
     # pi equal to the current proportion gives exactly 0 in float32 (p log(p / (p + 1e-10)), p ~ 0.3)
     assert torch.all(h["kl"][0] == 0)  # pi = initial proportion
@@ -83,44 +97,46 @@ def test_prior_update_after_step_9_and_kl_weight_plus_one():
     for step, kl_weight in ((5, lam), (11, lam + 1)):
         expected = h["ce"][step] + kl_weight * h["kl"][step] + lam * h["entropy"][step]
         assert torch.allclose(h["loss"][step], expected, atol=1e-6), step
-    fixed = RePRI(adapt_iter=14, prior_update_at=()).fit(fs[0], ms[0], fq[0], query_masks=mq[0])
+    fixed = RePRI(adapt_iter=14, prior_update_at=()).fit(one(fs[0], ms[0], fq[0], mq[0]))
     assert torch.all(fixed.history["kl"][9] != 0)
 
 
 def test_oracle_prior():
     fs, ms, fq, mq = episodes(e=1, q=1)
-    r = RePRI(adapt_iter=14, prior="oracle").fit(fs[0], ms[0], fq[0], query_masks=mq[0])
+    r = RePRI(adapt_iter=14, prior="oracle").fit(one(fs[0], ms[0], fq[0], mq[0]))
+    assert r.reads_query_labels and not RePRI().reads_query_labels
     ds = mq[0, 0, ::4, ::4]
     fg = (ds[ds != 255] == 1).float().mean()
     assert torch.allclose(r.prior[0, 0], torch.stack([1 - fg, fg]), atol=1e-6)
     h = r.history  # no update: the KL weight stays 1/K
     assert torch.allclose(h["loss"][11], h["ce"][11] + 0.5 * h["kl"][11] + 0.5 * h["entropy"][11], atol=1e-6)
-    with pytest.raises(ValueError, match="query_masks"):
-        RePRI(prior="oracle").fit(fs[0], ms[0], fq[0])
+    with pytest.raises(ValueError, match="query_labels"):
+        RePRI(prior="oracle").fit(one(fs[0], ms[0], fq[0]))
 
 
 def test_batched_equals_looped():
     fs, ms, fq, mq = episodes(e=3, q=2)
     r, loop = RePRI(), RePRI()
-    a = r.fit_predict_episodes(fs, ms, fq, (24, 24), query_masks=mq)
-    b = loop.fit_predict_episodes(fs, ms, fq, (24, 24), query_masks=mq, batched=False)
+    a = stacked(r.fit_predict(many(fs, ms, fq, mq)))
+    b = stacked(loop.fit_predict(many(fs, ms, fq, mq), batched=False))
     assert a.shape == (3, 2, 2, 24, 24)
     assert torch.allclose(a.exp(), b.exp(), atol=1e-5) and torch.equal(a.argmax(2), b.argmax(2))
     assert torch.allclose(r.history["loss"], loop.history["loss"], atol=1e-5)
     assert torch.allclose(r.prototypes, loop.prototypes, atol=1e-5) and r.prototypes.shape == (3, 2, 16)
-    # the FewShotMethod loop: one fit / predict per episode
-    c = torch.stack([RePRI().fit(s, m, q).predict(q, (24, 24)) for s, m, q in zip(fs, ms, fq)])
-    d = RePRI().fit_predict_episodes(fs, ms, fq, (24, 24))
+    # the Method loop: one fit / predict per episode
+    c = torch.stack([RePRI().fit(t).predict(t) for t in many(fs, ms, fq)])
+    d = stacked(RePRI().fit_predict(many(fs, ms, fq)))
     assert torch.allclose(c.exp(), d.exp(), atol=1e-5) and torch.equal(c.argmax(2), d.argmax(2))
 
 
 def test_prediction_upsamples_scores_before_the_sigmoid():
     fs, ms, fq, mq = episodes(e=1, q=2)
-    r = RePRI(adapt_iter=5).fit(fs[0], ms[0], fq[0])
+    task = one(fs[0], ms[0], fq[0])
+    r = RePRI(adapt_iter=5).fit(task)
     s = cosine_scores(F.normalize(fq, dim=2), r.prototypes, 20.0, paired=True)[0]  # [Q, 1, 6, 6]
     up = F.interpolate(s, size=(24, 24), mode="bilinear", align_corners=True)
     p_fg = torch.sigmoid(up - r.bias[0][:, None, None, None])[:, 0]
-    out = r.predict(fq[0], (24, 24))
+    out = r.predict(task)
     assert out.shape == (2, 2, 24, 24)
     assert torch.allclose(out[:, 1].exp(), p_fg, atol=1e-6)
     assert torch.allclose(out.exp().sum(1), torch.ones(2, 24, 24), atol=1e-6)
@@ -129,11 +145,12 @@ def test_prediction_upsamples_scores_before_the_sigmoid():
 def test_features_are_l2_normalised_first():
     fs, ms, fq, mq = episodes(e=1, q=1)
     scale = torch.rand(1, 1, 6, 6) * 5 + 0.1  # a positive factor per pixel
-    a = RePRI(adapt_iter=10).fit(fs[0], ms[0], fq[0]).predict(fq[0], (24, 24))
-    b = RePRI(adapt_iter=10).fit(fs[0] * scale, ms[0], fq[0] * scale).predict(fq[0] * scale, (24, 24))
+    t, ts = one(fs[0], ms[0], fq[0]), one(fs[0] * scale, ms[0], fq[0] * scale)
+    a = RePRI(adapt_iter=10).fit(t).predict(t)
+    b = RePRI(adapt_iter=10).fit(ts).predict(ts)
     assert torch.allclose(a, b, atol=1e-4)
-    c = RePRI(adapt_iter=10, normalize_features=False).fit(fs[0] * scale, ms[0], fq[0] * scale)
-    assert not torch.allclose(a, c.predict(fq[0] * scale, (24, 24)), atol=1e-3)
+    c = RePRI(adapt_iter=10, normalize_features=False).fit(ts)
+    assert not torch.allclose(a, c.predict(ts), atol=1e-3)
 
 
 def test_transductive_refinement_beats_the_initial_classifier():
@@ -144,27 +161,26 @@ def test_transductive_refinement_beats_the_initial_classifier():
         inter = ((pred == 1) & (mq == 1) & valid).sum()
         return float(inter / (((pred == 1) | (mq == 1)) & valid).sum())
 
-    init = fg_iou(RePRI(adapt_iter=1).fit_predict_episodes(fs, ms, fq, (24, 24)))
-    final = fg_iou(RePRI().fit_predict_episodes(fs, ms, fq, (24, 24)))
+    init = fg_iou(stacked(RePRI(adapt_iter=1).fit_predict(many(fs, ms, fq))))
+    final = fg_iou(stacked(RePRI().fit_predict(many(fs, ms, fq))))
     assert final >= init
 
 
 def test_bad_inputs():
     fs, ms, fq, mq = episodes(e=1, q=1)
-    with pytest.raises(ValueError, match="transductive"):
-        RePRI().fit(fs[0], ms[0])
-    with pytest.raises(RuntimeError, match="fit"):
-        RePRI().predict(fq[0], (24, 24))
-    r = RePRI(adapt_iter=2).fit(fs[0], ms[0], fq[0])
+    assert RePRI.transductive  # the evaluator fits it again for every query batch (a Task always has queries)
+    with pytest.raises(NotFittedError, match="fit"):
+        RePRI().predict(one(fs[0], ms[0], fq[0]))
+    r = RePRI(adapt_iter=2).fit(one(fs[0], ms[0], fq[0]))
     with pytest.raises(ValueError, match="one classifier per query"):
-        r.predict(torch.cat([fq[0], fq[0]]), (24, 24))
+        r.predict(one(fs[0], ms[0], torch.cat([fq[0], fq[0]])))
     no_fg = ms[0].clone()
     no_fg[no_fg == 1] = 0
     with pytest.raises(ValueError, match="no foreground"):
-        RePRI().fit(fs[0], no_fg, fq[0])
+        RePRI().fit(one(fs[0], torch.cat([ms[0][:1], no_fg[1:]]), fq[0]))  # shot 1 without foreground
     all_ignored = torch.full_like(mq[0], 255)
     with pytest.raises(ValueError, match="no valid pixel"):
-        RePRI().fit(fs[0], ms[0], fq[0], query_masks=all_ignored)
+        RePRI().fit(one(fs[0], ms[0], fq[0], all_ignored))
     with pytest.raises(ValueError, match="prior"):
         RePRI(prior="hard")
     with pytest.raises(ValueError, match="weights"):
@@ -173,14 +189,14 @@ def test_bad_inputs():
 
 def test_fit_under_no_grad():
     fs, ms, fq, mq = episodes(e=2, q=1)
-    ref = RePRI(adapt_iter=5).fit_predict_episodes(fs, ms, fq, (24, 24))
+    ref = stacked(RePRI(adapt_iter=5).fit_predict(many(fs, ms, fq)))
     with torch.no_grad():
-        out = RePRI(adapt_iter=5).fit_predict_episodes(fs, ms, fq, (24, 24))
+        out = stacked(RePRI(adapt_iter=5).fit_predict(many(fs, ms, fq)))
     assert torch.equal(ref, out)
 
 
 def test_uint8_masks_as_in_evaluate_fss():
     fs, ms, fq, mq = episodes(e=2, q=1)
-    a = RePRI(adapt_iter=5).fit_predict_episodes(fs, ms, fq, (24, 24))
-    b = RePRI(adapt_iter=5).fit_predict_episodes(fs, ms.to(torch.uint8), fq, (24, 24))
+    a = stacked(RePRI(adapt_iter=5).fit_predict(many(fs, ms, fq)))
+    b = stacked(RePRI(adapt_iter=5).fit_predict(many(fs, ms.to(torch.uint8), fq)))
     assert torch.equal(a, b)

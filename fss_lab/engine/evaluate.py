@@ -475,5 +475,7 @@ def _require(method: Method, space: LabelSpace) -> None:
     """Say clearly, before any work, that ``method`` does not handle tasks of ``space``."""
     if not method.supports(space):
         kind = "fss" if space.num_base == 0 else "gfss"
-        raise UnsupportedTaskError(f"{method.name} declares label_spaces={method.label_spaces}; it cannot be "
-                                   f"evaluated on {kind} tasks. Methods that can: {list_methods(kind)}")
+        most = "" if method.max_novel is None else f" and max_novel={method.max_novel}"
+        raise UnsupportedTaskError(f"{method.name} declares label_spaces={method.label_spaces}{most}; it cannot be "
+                                   f"evaluated on {kind} tasks with B={space.num_base}, N={space.num_novel}. "
+                                   f"Methods that can: {list_methods(kind)}")

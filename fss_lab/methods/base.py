@@ -7,6 +7,7 @@ A :class:`~fss_lab.methods.task.Task` holds everything a method may see. A :clas
   queries; inductive methods are fit once per support set and predict any number of query batches;
 * ``feature_levels``: the feature levels it reads (``()``: any single level, the task's default);
 * ``label_spaces``: ``"fss"`` (1-way episodes, ``B = 0``) and/or ``"gfss"`` (``B >= 1`` base classes);
+  ``max_novel``: the most novel classes a GFSS task may have (``None``: any; seed 002's head adds one);
 * ``support_base_pixels``: ``"background"`` (supports carry novel labels only: DIaM, prototypes) or ``"keep"``
   (base pixels labelled too: fine-tuning, seed 000);
 * ``episodic_training``: the method is a model meta-trained on base-class episodes before testing;
@@ -46,6 +47,7 @@ class Method(abc.ABC):
     transductive: ClassVar[bool] = False
     feature_levels: ClassVar[tuple[str, ...]] = ()
     label_spaces: ClassVar[tuple[str, ...]] = ("fss",)
+    max_novel: ClassVar[int | None] = None
     support_base_pixels: ClassVar[str] = "background"
     episodic_training: ClassVar[bool] = False
     reads_query_labels: bool = False
@@ -78,24 +80,25 @@ class Method(abc.ABC):
 
     @classmethod
     def supports(cls, space: LabelSpace) -> bool:
-        """Whether the method handles tasks of ``space`` (``"fss"`` for ``B = 0``, else ``"gfss"``)."""
-        return ("fss" if space.num_base == 0 else "gfss") in cls.label_spaces
+        """Whether the method handles tasks of ``space`` (``"fss"`` for ``B = 0``, else ``"gfss"`` with at most
+        ``max_novel`` novel classes)."""
+        if space.num_base == 0:
+            return "fss" in cls.label_spaces
+        return "gfss" in cls.label_spaces and (cls.max_novel is None or space.num_novel <= cls.max_novel)
 
     def check_task(self, task: Task) -> None:
         """Raise :class:`UnsupportedTaskError` for an undeclared label space, ``ValueError`` for labels outside
         the label space or a novel class without a support pixel."""
         if not self.supports(task.label_space):
             kind = "1-way FSS" if task.label_space.num_base == 0 else "GFSS"
+            most = "" if self.max_novel is None else f" (GFSS with at most {self.max_novel} novel class(es))"
             raise UnsupportedTaskError(
-                f"{self.name} handles {' and '.join(self.label_spaces)} tasks, not {kind} tasks "
+                f"{self.name} handles {' and '.join(self.label_spaces)} tasks{most}, not {kind} tasks "
                 f"(B={task.label_space.num_base}, N={task.label_space.num_novel}); pick a method from "
                 f"fss_lab.methods.list_methods('{'fss' if kind == '1-way FSS' else 'gfss'}')")
         check_labels(task.support_labels, task.label_space)
-        present = torch.zeros(task.label_space.num_classes + 1, dtype=torch.bool)
-        lab = task.support_labels.long()
-        for c in task.label_space.novel_ids:
-            present[c] = bool((lab == c).any())
-        missing = [c for c in task.label_space.novel_ids if not present[c]]
+        lab = task.support_labels
+        missing = [c for c in task.label_space.novel_ids if not bool((lab == c).any())]
         if missing:
             raise ValueError(f"{self.name}: novel class(es) {missing} have no support pixel ({task.describe()}); each "
                              "support must show its class (sample with a min_area, or use a larger image size)")

@@ -238,6 +238,7 @@ class BackgroundAwareFineTuning(_EpisodeFineTuning):
     name: ClassVar[str] = "background-aware-ft"
     feature_levels: ClassVar[tuple[str, ...]] = ("bottleneck",)
     label_spaces: ClassVar[tuple[str, ...]] = ("fss", "gfss")
+    max_novel: ClassVar[int | None] = 1
 
     def __init__(self, model, gamma: float = 10.0, steps: int = 100, lr: float = 0.1, novel_init: str = "fresh",
                  loss_resolution: str = "feature", bias: bool = False, binary_rule: str = "max",
@@ -259,12 +260,12 @@ class BackgroundAwareFineTuning(_EpisodeFineTuning):
         return self.base_weight.shape[0]
 
     def check_task(self, task: Task) -> None:
-        """As :meth:`Method.check_task`, and a GFSS task must have this head's B and exactly one novel class."""
+        """As :meth:`Method.check_task` (which refuses N > 1), and a GFSS task must have this head's B."""
         super().check_task(task)
         space = task.label_space
-        if not space.is_fss and (space.num_novel != 1 or space.num_base != self.novel_index - 1):
+        if not space.is_fss and space.num_base != self.novel_index - 1:
             raise ValueError(f"{self.name} adds ONE novel class to the base classifier's B={self.novel_index - 1} "
-                             f"classes; the task has B={space.num_base}, N={space.num_novel}")
+                             f"classes; the task has B={space.num_base}")
 
     def _init(self, features, masks):
         e, _, d = features.shape[:3]

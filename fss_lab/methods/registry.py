@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from .base import Method
@@ -51,13 +52,12 @@ def create_method(name: str, **kwargs) -> Method:
             its keywords).
     """
     cls = method_class(name)
+    signature = inspect.signature(cls)
     try:
-        return cls(**kwargs)
+        signature.bind(**kwargs)
     except TypeError as exc:
-        import inspect
-
-        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        raise TypeError(f"create_method({name!r}): {exc}; {cls.__name__} takes {params}") from exc
+        raise TypeError(f"create_method({name!r}): {exc}; {cls.__name__} takes {list(signature.parameters)}") from exc
+    return cls(**kwargs)
 
 
 def _load() -> None:

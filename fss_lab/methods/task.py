@@ -106,7 +106,8 @@ class Task:
             if fs.dim() != 4 or fq.dim() != 4 or fs.shape[1:] != fq.shape[1:] or fs.shape[0] != s \
                     or fq.shape[0] != q:
                 raise ValueError(f"level {level!r}: support features {tuple(fs.shape)} and query features "
-                                 f"{tuple(fq.shape)} must be [S, D, h, w] and [Q, D, h, w] with the same D, h, w")
+                                 f"{tuple(fq.shape)} must be [S={s}, D, h, w] (S from support_labels) and [Q, D, h, w] "
+                                 "with the same D, h, w")
         if self.support_labels.dim() != 3 or self.support_labels.shape[0] != s:
             raise ValueError(f"support_labels must be [S={s}, H, W], got {tuple(self.support_labels.shape)}")
         if self.shots < 1:

@@ -118,7 +118,7 @@ def _close(a: Sequence[float], b: Sequence[float], tol: float = 1e-3) -> bool:
 
 from .feature_cache import FeatureCache  # noqa: E402  (re-export: the cache belongs with the extractor)
 
-__all__ = ["FeatureExtractor", "FeatureCache"]
+__all__ = ["FeatureExtractor", "FeatureCache", "ModelFeatures"]
 
 
 class ModelFeatures(nn.Module):
