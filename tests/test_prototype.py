@@ -73,7 +73,7 @@ def test_support_checks():
     one_empty[0, :2] = 1
     with pytest.raises(ValueError, match=r"support masks \[1\] have no foreground"):
         PrototypeBaseline().fit(fss_task(f, one_empty, f))
-    with pytest.raises(ValueError, match=r"must be \[S, D, h, w\]"):  # 2 feature maps, 1 mask: the Task refuses
+    with pytest.raises(ValueError, match=r"must be \[S=1, D, h, w\]"):  # 2 feature maps, 1 mask: the Task refuses
         fss_task(f, torch.ones(1, 8, 8, dtype=torch.long), f)
     with pytest.raises(ValueError, match=r"found \[3\]"):
         bad = torch.full((2, 8, 8), 3, dtype=torch.long).index_fill_(1, torch.tensor([0]), 1)
