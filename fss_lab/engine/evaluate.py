@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import check_finite
 from ..data.episodic import TransformedItems, episode_masks
 from ..data.sampler import EpisodeList
 from ..methods.base import FewShotMethod
@@ -126,6 +127,8 @@ def evaluate_fss(
             q_feats.view(len(chunk), -1, *q_feats.shape[1:]).to(device),
             size=tuple(q_masks.shape[-2:]),
         )
+        check_finite(logits, "logits", method=method.name, where=lambda k: f"episode {start + k}, class "
+                     f"{chunk[k].class_id}, query images {[dataset.image_id(i) for i in chunk[k].query]}")
         pred = logits.max(2).indices.cpu()  # max().indices: much faster than argmax over a short dim on CPU
         episode_iou += meter.update_batch(pred, q_masks, [e.class_id for e in chunk]).tolist()
         for n in range(start, min(start + len(chunk), keep_predictions)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import check_finite
 from ..data.base import IGNORE_INDEX
 from ..data.class_maps import GFSSClassMap
 from ..data.episodic import TransformedItems, episode_masks
@@ -57,7 +58,9 @@ def evaluate_episode_gfss(method, episodes: EpisodeList, items: TransformedItems
         method.fit(support_features.get(spec.support).to(device), s_masks)
         q_label = torch.stack([episode_gfss_label(items.label(i), class_map, spec.class_id) for i in spec.query])
         with torch.no_grad():
-            pred = method.predict_all(features.get(spec.query).to(device), tuple(q_label.shape[-2:])).max(1).indices
+            pred = check_finite(method.predict_all(features.get(spec.query).to(device), tuple(q_label.shape[-2:])),
+                                "logits", method=getattr(method, "name", type(method).__name__), class_id=spec.class_id,
+                                query_images=[items.dataset.image_id(i) for i in spec.query]).max(1).indices
         pred = pred.cpu()
         base_meter.update(pred, q_label)
         fg_pred = (pred == nb + 1).long()

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import check_finite
 from ..data.base import IGNORE_INDEX
 
 from ..data.gfss import GFSSRun, GFSSRuns, gfss_query_labels, gfss_support_labels
@@ -150,6 +151,8 @@ def evaluate_gfss(
         if tuple(logits.shape) != want:
             raise ValueError(f"{type(method).__name__}.predict returned logits {tuple(logits.shape)}; expected "
                              f"[Q, 1 + B + N, H, W] = {list(want)}")
+        check_finite(logits, "logits", method=getattr(method, "name", type(method).__name__), run=run.run,
+                     where=lambda k: f"query image {items.dataset.image_id(idx[k])}")
         pred = logits.max(1).indices.cpu()  # much faster than argmax on CPU
         meter.update(pred, q_labels)
         for j, i in enumerate(idx):
