@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .base import IGNORE_INDEX, DatasetError, SegmentationDataset
 
@@ -66,7 +66,7 @@ def binary_mask(path: Path, threshold: int = 128) -> np.ndarray:
         raise DatasetError(f"FSS-1000 mask not found: {path}. Every <n>.jpg needs a <n>.png next to it.")
     try:
         with Image.open(path) as im:
-            grey = np.asarray(im.convert("L"))
+            grey = np.asarray(ImageOps.exif_transpose(im).convert("L"))  # as displayed, like read_rgb
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DatasetError(f"mask file does not decode: {path} ({exc}). Re-download the class folder.") from exc
     return grey == 1 if grey.max() == 1 else grey >= threshold
