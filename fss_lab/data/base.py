@@ -278,6 +278,12 @@ class SegmentationDataset(abc.ABC):
             counts.append({int(v): int(c) for v, c in zip(values, n) if v not in (BACKGROUND, IGNORE_INDEX)})
         return counts
 
+    def label_value(self, index: int, class_id: int) -> int | None:
+        """The value class ``class_id`` has in item ``index``'s label: the class id itself here; datasets with
+        binary per-image labels (FSS-1000) return their foreground value, or ``None`` when the item is of another
+        class. Episode code compares labels with this value, never with a global class id."""
+        return class_id
+
     def describe(self) -> str:
         """One line: name, split, size, classes, folds."""
         return f"{self.name}/{self.split}: {len(self)} images, {self.num_classes} classes, {self.num_folds} folds"
@@ -353,14 +359,20 @@ def check_list_files(pairs: Sequence[tuple[Path, Path]], list_path: str | Path) 
 def save_json_atomic(data: dict, path: str | Path) -> Path:
     """Write ``data`` as JSON atomically (temporary file in the same folder, then rename); returns the path.
 
-    A crash mid-write never leaves a half-written file under ``path``.
+    A crash mid-write never leaves a half-written file under ``path``. The file gets mode ``0644`` (readable by
+    everyone, like any ``open(path, "w")`` file under the usual umask), not ``mkstemp``'s ``0600``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a results / episode file is an ordinary readable file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
