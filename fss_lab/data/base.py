@@ -356,8 +356,9 @@ def check_list_files(pairs: Sequence[tuple[Path, Path]], list_path: str | Path) 
                 )
 
 
-def save_json_atomic(data: dict, path: str | Path) -> Path:
+def save_json_atomic(data: dict, path: str | Path, indent: int | None = None) -> Path:
     """Write ``data`` as JSON atomically (temporary file in the same folder, then rename); returns the path.
+    ``indent``: as :func:`json.dump` (``None``: one line).
 
     A crash mid-write never leaves a half-written file under ``path``. The file gets mode ``0644`` (readable by
     everyone, like any ``open(path, "w")`` file under the usual umask), not ``mkstemp``'s ``0600``.
@@ -367,7 +368,7 @@ def save_json_atomic(data: dict, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
+            json.dump(data, f, indent=indent)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a results / episode file is an ordinary readable file
         os.replace(tmp, path)
     except BaseException:
