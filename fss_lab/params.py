@@ -96,7 +96,8 @@ def _check(name: str, value: Any, p: Param) -> str | None:
             return f"{name} must be True or False, got {_describe(value)} (papermill: -p {name} True)."
     elif p.kind in ("str", "path"):
         if not isinstance(value, (str, Path)) or not str(value):
-            return f"{name} must be a non-empty {'path' if p.kind == 'path' else 'string'}, got {_describe(value)};{example}."
+            what = "path" if p.kind == "path" else "string"
+            return f"{name} must be a non-empty {what}, got {_describe(value)};{example}."
     elif p.kind == "choice":
         if value not in p.choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in p.choices], n=1)
@@ -208,9 +209,9 @@ def validate_parameters(namespace: Mapping[str, Any], spec: str | Mapping[str, P
         ``{name: value}`` for every parameter of the spec, in the spec's order.
 
     Raises:
-        ParameterError: the first problem on the first line, then one line per further problem (wrong type or range, an unknown UPPER_CASE name with the closest
-            valid one, a missing parameter, ``DATA_ROOT`` given for a dataset that ignores it, or missing /
-            nonexistent for one that needs it); each names the parameter, the value and the fix.
+        ParameterError: the first problem on the first line, then one line per further problem (wrong type or
+            range, an unknown UPPER_CASE name with the closest valid one, a missing parameter, ``DATA_ROOT`` given
+            for a dataset that ignores it, or missing / nonexistent for one that needs it); each names the parameter, the value and the fix.
         KeyError: an unknown notebook name (lists the known ones).
     """
     if isinstance(spec, str):
@@ -238,7 +239,8 @@ def validate_parameters(namespace: Mapping[str, Any], spec: str | Mapping[str, P
     if "DATA_ROOT" in spec and dataset in DATASET_NAMES and not any(m.startswith("DATA_ROOT") for m in problems):
         if dataset in OFFLINE_DATASETS and root is not None:
             problems.append(f"DATA_ROOT = {str(root)!r} is given but DATASET = {dataset!r} is generated offline and "
-                            "ignores it; set DATASET to the dataset in that folder (e.g. 'camvid') or DATA_ROOT = None.")
+                            "ignores it; set DATASET to the dataset in that folder (e.g. 'camvid') or "
+                            "DATA_ROOT = None.")
         elif dataset not in OFFLINE_DATASETS and root is None:
             problems.append(f"DATASET = {dataset!r} needs DATA_ROOT, the folder holding it (see datasets/README.md); "
                             "e.g. -p DATA_ROOT ../shared/data/camvid.")

@@ -6,7 +6,7 @@ and ``results.json`` recorded neither the seed nor the shots. Now::
 
     RUN = start_run(RESULTS_DIR, PARAMS, notebook="00_quickstart")   # RESULTS_DIR/runs/<run id>/, new and empty
     ...                                                              # every output goes to RUN.dir
-    RUN.write_results({...})                                         # RUN.dir/results.json, then RESULTS_DIR/results.json
+    RUN.write_results({...})          # RUN.dir/results.json, then RESULTS_DIR/results.json
 
 ``<run id>`` is ``<UTC time>-<hash of the parameters>`` (e.g. ``20261201-101502-3fa2c1d0``; a ``-2`` suffix
 if two runs start in the same second with the same parameters). ``results.json`` holds the measured values plus

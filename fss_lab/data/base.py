@@ -8,8 +8,8 @@ Label convention, shared by every dataset in fss_lab (PFENet / RePRI / DIaM):
 
 Images are returned as ``uint8`` RGB arrays ``[H, W, 3]`` and labels as ``uint8`` arrays ``[H, W]``; both have
 the same size. Files are read as displayed: an EXIF ``Orientation`` tag (phone photos) is applied
-(``PIL.ImageOps.exif_transpose``) to images, labels and the header-only size checks alike. Loading never silently repairs data: a corrupt file, a label value outside ``{0..C, 255}`` or an
-image/label size mismatch raises :class:`DatasetError` naming the file, the value and the fix.
+(``PIL.ImageOps.exif_transpose``) to images, labels and the header-only size checks alike. Loading never silently
+repairs data: a corrupt file, a label value outside ``{0..C, 255}`` or an image/label size mismatch raises :class:`DatasetError` naming the file, the value and the fix.
 """
 from __future__ import annotations
 
