@@ -88,3 +88,22 @@ def test_evaluate_gfss_refuses_nan_logits_naming_method_run_and_image(setup):  #
     with pytest.raises(NonFiniteError, match=r"1 Inf .*method=broken-gfss, run=0, query image toy_val_\d+"):
         evaluate_gfss(Broken(), runs[0], feats, items, batch_size=len(runs[0].query))
     assert first is not None
+
+
+def test_base_training_refuses_nan_backbone_features_naming_the_image():
+    from fss_lab.engine.train import train_base
+    from tests.test_checkpoint import _tiny_training
+
+    model, train, cfg = _tiny_training()
+    model.freeze_backbone = True
+    real = model.backbone_features
+
+    def poisoned(x):
+        f = real(x)
+        f[0, 0, 0, 0] = float("nan")  # the first image of each batch
+        return f
+
+    model.backbone_features = poisoned
+    cfg.freeze_backbone = cfg.cache_backbone_features = True
+    with pytest.raises(NonFiniteError, match=r"backbone features \(caching backbone features\) hold 1 NaN.*image toy_"):
+        train_base(model, train, None, cfg, progress=False)

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from ..checks import check_finite
 from ..data.base import IGNORE_INDEX
 from ..losses.segmentation import pspnet_loss
 from ..metrics import intersection_and_union
@@ -227,9 +228,16 @@ def _feature_bank(model: nn.Module, dataset, flips: bool, device: torch.device, 
         for v, (xv, yv) in enumerate([(x, y), (x.flip(-1), y.flip(-1))][:1 + flips]):
             with torch.autocast("cuda", torch.float16, enabled=amp):
                 f = model.backbone_features(xv.to(device).contiguous(memory_format=fmt))
-            feats[v].append(f.to("cpu", torch.float16))
+            f = f.to("cpu", torch.float16)  # a NaN here would train the head on garbage: name the image instead
+            check_finite(f, f"backbone features ({desc})", where=lambda k: f"image {_image_id(dataset, start + k)}")
+            feats[v].append(f)
             labels[v].append(yv)
     return torch.stack([torch.cat(f) for f in feats]), torch.stack([torch.cat(y) for y in labels])
+
+
+def _image_id(dataset, index: int) -> str:
+    base = getattr(dataset, "image_id", None)
+    return base(index) if callable(base) else f"item {index}"
 
 
 def _epoch_batches(n: int, local_batch: int, ctx: DistributedContext, seed: int, epoch: int) -> list[list[int]]:
