@@ -52,3 +52,13 @@ def test_good_overrides_still_apply_and_main_reports_bad_ones(tmp_path):
     assert cfg["image_size"] == [64, 64] and cfg["resume"] is False
     with pytest.raises(DatasetError, match="train.iterations must be int"):
         main([str(_write(tmp_path)), "--set", "train.iterations=abc"])
+
+
+def test_an_override_does_not_leak_into_the_next_config(tmp_path):
+    # --set model.x=... used to write into DEFAULTS["model"] itself (a shallow copy), so every later config
+    # in the same process inherited it (found while tabulating the bad inputs of issue 9)
+    with pytest.raises(DatasetError, match="unknown model keys"):
+        load_config(_write(tmp_path, {"dataset": "synthetic"}), ["model.bottleneck_dimm=8"])
+    assert load_config(_write(tmp_path, {"dataset": "synthetic"}))["model"] == {}
+    load_config(_write(tmp_path, {"dataset": "synthetic"}), ["train.lr=0.5"])
+    assert load_config(_write(tmp_path, {"dataset": "synthetic"}))["train"] == {}

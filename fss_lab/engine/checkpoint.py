@@ -293,11 +293,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
+        lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        detail = lines[0] if lines else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {path} holds objects other than tensors, numbers, strings and plain containers "
-            f"({first[-1] if first else type(exc).__name__}); fss_lab refuses to unpickle them because that can run "
-            "code hidden in the file. Delete it, or re-save it with only tensors and plain data in 'extra'.") from exc
+            f"checkpoint {path}: fss_lab refuses to unpickle it ({detail}); it holds objects other than tensors, "
+            "numbers, strings and plain containers, and unpickling them can run code hidden in the file. Do not "
+            "load it with weights_only=False; delete it, or re-save it with only tensors and plain data in "
+            "'extra'.") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, ImportError) as exc:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}). Delete it to train from "

@@ -27,6 +27,7 @@ rank 0's output is a JSON summary (``{"iterations": ..., "base_miou": ...}``).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -80,7 +81,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
         raise DatasetError(f"config file {path} does not parse: {exc}") from exc
     if not isinstance(cfg, dict):
         raise DatasetError(f"config file {path} must hold a mapping of keys, got {type(cfg).__name__}")
-    merged = {**DEFAULTS, **cfg}
+    merged = copy.deepcopy({**DEFAULTS, **cfg})  # overrides must never write into DEFAULTS' nested sections
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
