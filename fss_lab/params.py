@@ -246,8 +246,8 @@ def validate_parameters(namespace: Mapping[str, Any], spec: str | Mapping[str, P
                             "e.g. -p DATA_ROOT ../shared/data/camvid.")
         elif dataset not in OFFLINE_DATASETS and not Path(root).is_dir():
             problems.append(f"DATA_ROOT = {str(root)!r} does not exist (or is not a folder) for DATASET = "
-                            f"{dataset!r}; give the folder holding the dataset (relative paths start at the "
-                            "notebook's folder).")
+                            f"{dataset!r}; give the folder holding the dataset (a relative path starts at "
+                            f"{Path.cwd()}).")
     if problems:
         more = f" ({len(problems) - 1} more below)" if len(problems) > 1 else ""
         raise ParameterError(f"{title}: {problems[0]}{more}" + "".join(f"\n  {m}" for m in problems[1:]))
