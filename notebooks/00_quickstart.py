@@ -48,6 +48,14 @@ TEMPERATURE = 20.0  # cosine-similarity scale of the prototype baseline
 RESULTS_DIR = "results/00_quickstart"  # executed notebook, figures and tables go here
 
 # %%
+from fss_lab.params import validate_parameters
+from fss_lab.results import start_run
+
+PARAMS = validate_parameters(globals(), "00_quickstart")  # types, ranges, unknown names; the error says the fix
+RUN = start_run(RESULTS_DIR, PARAMS, notebook="00_quickstart")  # this run's own new folder, RESULTS_DIR/runs/<run id>/
+RESULTS_DIR = str(RUN.dir)  # every output below goes there; RESULTS_DIR/results.json names the latest run
+
+# %%
 import json
 import time
 from pathlib import Path
@@ -201,11 +209,11 @@ if DATASET == "camvid":
         verdict = "within" if lo - 0.03 <= many <= hi + 0.03 else ("above" if many > hi else "below")
         print(f"CamVid fold {FOLD}, 5-shot cross-video reference {100 * lo:.0f}-{100 * hi:.0f}% mIoU: ours is {verdict} that range"
               + (" (QUICK uses fewer episodes, so expect a few points of noise)" if QUICK else ""))
-(results_dir / "results.json").write_text(json.dumps({
+RUN.write_results({  # + every parameter, versions and git revision; written atomically
     "dataset": DATASET, "fold": FOLD, "protocol": cfg.protocol, "quick": QUICK, "n_episodes": N_EPISODES,
     "image_size": list(cfg.image_size), "miou": {str(r["shots"]): r["mIoU"] for _, r in summary.iterrows()},
     "fb_iou": {str(r["shots"]): r["FB-IoU"] for _, r in summary.iterrows()}, "seconds": round(time.time() - t_start, 1),
-}, indent=2))
+})
 
 # %% [markdown]
 # ## Browse the episodes

@@ -49,6 +49,11 @@ RESULTS_DIR = "results/01_base_training"
 BASE_MODEL_DIR = "results/base_models"
 
 # %%
+from fss_lab.params import validate_parameters
+
+PARAMS = validate_parameters(globals(), "01_base_training")  # types, ranges, unknown names; the error says the fix
+
+# %%
 import json
 import time
 from pathlib import Path

@@ -52,6 +52,11 @@ RESULTS_DIR = "results/02_gfss_finetuning_triplet"
 BASE_MODEL_DIR = "results/base_models"
 
 # %%
+from fss_lab.params import validate_parameters
+
+PARAMS = validate_parameters(globals(), "02_gfss_finetuning_triplet")  # types, ranges, unknown names; the error says the fix
+
+# %%
 import json
 import time
 from pathlib import Path

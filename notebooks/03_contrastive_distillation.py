@@ -52,6 +52,11 @@ RESULTS_DIR = "results/03_contrastive_distillation"
 BASE_MODEL_DIR = "results/base_models"
 
 # %%
+from fss_lab.params import validate_parameters
+
+PARAMS = validate_parameters(globals(), "03_contrastive_distillation")  # types, ranges, unknown names; the error says the fix
+
+# %%
 import json
 import time
 from pathlib import Path

@@ -58,6 +58,11 @@ RESULTS_DIR = "results/04_infomax_diam"
 BASE_MODEL_DIR = "results/base_models"  # base checkpoints are reused across notebooks
 
 # %%
+from fss_lab.params import validate_parameters
+
+PARAMS = validate_parameters(globals(), "04_infomax_diam")  # types, ranges, unknown names; the error says the fix
+
+# %%
 import json
 import time
 from pathlib import Path

@@ -56,9 +56,12 @@ def test_corrupt_foreign_and_missing_files_raise_naming_the_file(tmp_path):
     torn.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
     with pytest.raises(CheckpointError, match="torn.pt.*corrupt or truncated"):
         read_checkpoint(torn)
-    torch.save([1, 2, 3], tmp_path / "list.pt")
+    atomic_save([1, 2, 3], tmp_path / "list.pt", checksum=True)
     with pytest.raises(CheckpointError, match="list.pt is not an fss_lab training checkpoint"):
         read_checkpoint(tmp_path / "list.pt")
+    torch.save({"format": 1, "model": {}}, tmp_path / "plain.pt")  # an older fss_lab's, or anyone's, torch.save
+    with pytest.raises(CheckpointError, match="plain.pt has no fss_lab checksum header.*Delete the file"):
+        read_checkpoint(tmp_path / "plain.pt")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         read_checkpoint(tmp_path / "nope.pt")
     assert read_checkpoint(good)["iteration"] == 3
@@ -155,3 +158,122 @@ def test_killed_run_resumes_exactly(tmp_path):
     a, b = torch.load(tmp_path / "full.pt"), torch.load(tmp_path / "resumed.pt")
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+# ---- issue 9, findings 1 (no code runs on load; checksum) and 2 (concurrent runs) ------------------------------
+
+class _Evil:
+    """A pickle that runs a shell command when unpickled (what a crafted checkpoint would hold)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _tiny_training(iterations=2):
+    from fss_lab.data.base_training import BaseTrainingSet
+    from fss_lab.data.class_maps import GFSSClassMap
+    from fss_lab.data.transforms import PairTransform
+    from fss_lab.engine.train import TrainConfig
+    from tests.conftest import ToyDataset
+
+    layout = [[(3 + i % 2, 4, 4, 20, 20)] + ([(1, 22, 22, 30, 30)] if i % 2 else []) for i in range(8)]
+    ds = ToyDataset(layout)
+    train = BaseTrainingSet(ds, GFSSClassMap.from_fold(ds, 0), augment=False,
+                            transform=PairTransform((32, 32), mean=(0.5,) * 3, std=(0.5,) * 3))
+    return _model(3), train, TrainConfig(iterations=iterations, batch_size=4, lr=0.05, seed=1, device="cpu")
+
+
+def _load_with(route, path):
+    from fss_lab.engine.train import train_base
+
+    if route == "read_checkpoint":
+        read_checkpoint(path)
+    elif route == "load_checkpoint":
+        load_checkpoint(path, _model(3), restore_rng=True)
+    elif route == "load_pspnet":
+        load_pspnet(path)
+    else:  # resuming a cached base model
+        model, train, cfg = _tiny_training()
+        train_base(model, train, None, cfg, checkpoint_path=path, progress=False)
+
+
+@pytest.mark.parametrize("route", ["read_checkpoint", "load_checkpoint", "load_pspnet", "train_base"])
+@pytest.mark.parametrize("kind", ["plain_pickle", "checkpoint_with_evil_extra"])
+def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path, route, kind):
+    marker, path = tmp_path / "PWNED", tmp_path / "base_models" / "base.pt"
+    if kind == "plain_pickle":  # e.g. someone else's file dropped into the shared base-model cache
+        path.parent.mkdir()
+        torch.save({"format": 1, "model": _model(3).state_dict(), "iteration": 0, "evil": _Evil(marker)}, path)
+        expected = "no fss_lab checksum header"
+    else:  # a genuine checksummed checkpoint carrying a malicious object in `extra`
+        save_checkpoint(path, model=_model(3), iteration=0, extra={"evil": _Evil(marker)})
+        expected = "refuses to unpickle"
+    with pytest.raises(CheckpointError, match=expected):
+        _load_with(route, path)
+    assert not marker.exists(), "unpickling the checkpoint ran the command hidden in it"
+
+
+def test_every_checkpoint_loads_weights_only_and_restores_numpy_rng(tmp_path):
+    import io
+    import numpy as np
+
+    path = save_checkpoint(tmp_path / "r.pt", model=_model(), iteration=2, extra={"note": [1, 2.0, "x"]})
+    payload = path.read_bytes()[ckpt.HEADER_SIZE:]
+    state = torch.load(io.BytesIO(payload), weights_only=True)  # raises if anything but plain data was pickled
+    assert state["iteration"] == 2 and isinstance(state["rng"]["numpy"]["keys"], torch.Tensor)
+    expected = np.random.rand(4)
+    np.random.rand(7)
+    load_checkpoint(path, restore_rng=True)
+    assert np.array_equal(np.random.rand(4), expected)
+
+
+def test_a_flipped_byte_is_reported_not_loaded(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", model=_model(), iteration=1)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the weights
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"c\.pt is corrupt.*fails its checksum"):
+        read_checkpoint(path)
+
+
+def test_a_live_runs_temp_file_is_kept_and_a_dead_writers_is_removed(tmp_path):
+    from fss_lab.engine.train import train_base
+
+    path = tmp_path / "base.pt"
+    live = ckpt._temp_path(path)  # tagged with this (live) process: another run's in-progress checkpoint
+    live.write_bytes(b"PK half written")
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+    dead = path.parent / f"{live.name.rsplit('.', 2)[0]}.{dead_pid}.beef"
+    dead.write_bytes(b"PK torn")
+    assert ckpt.temp_file_owner(dead) == (ckpt._host(), int(dead_pid))
+    assert stale_temp_files(path) == [dead]
+    model, train, cfg = _tiny_training()
+    train_base(model, train, None, cfg, checkpoint_path=path, progress=False)
+    assert live.exists(), "a second run deleted a live run's in-progress checkpoint"
+    assert not dead.exists() and read_checkpoint(path)["iteration"] == 2
+
+
+def test_a_second_run_waits_for_the_lock_then_reuses_the_first_runs_checkpoint(tmp_path):
+    from fss_lab.engine.train import train_base
+
+    path = tmp_path / "base.pt"
+    holder = subprocess.Popen(  # another process (e.g. a second notebook) training the same checkpoint
+        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); from fss_lab.engine.checkpoint import "
+         "checkpoint_lock; lock = checkpoint_lock(sys.argv[1]); print('locked', flush=True); sys.stdin.read()",
+         str(path), str(REPO)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        model, train, cfg = _tiny_training()
+        with pytest.raises(CheckpointError, match=r"base\.pt is being trained by another run.*base\.pt\.lock"):
+            train_base(model, train, None, cfg, checkpoint_path=path, progress=False, lock_timeout=0)
+    finally:
+        holder.communicate("")  # the holder exits; the OS releases its lock
+    first = train_base(*_tiny_training()[:2], None, cfg, checkpoint_path=path, progress=False)
+    model2 = _tiny_training()[0]
+    second = train_base(model2, train, None, cfg, checkpoint_path=path, progress=False)  # waits, then reuses
+    assert second.steps == first.steps and len(second.steps) == 2
+    assert torch.equal(model2.classifier.weight, load_pspnet(path).classifier.weight)

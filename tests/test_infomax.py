@@ -20,8 +20,9 @@ def test_valid_mean_counts_valid_pixels_only():
     v = torch.tensor([[1, 0, 1, 1]])
     # (1 + 3 + 4) / (3 + 1e-10) = 8 / 3
     assert im.valid_mean(x, v, (1,)).item() == pytest.approx(8 / 3, rel=1e-7)
-    # RePRI's exact mean: no valid pixel gives NaN, DIaM's epsilon gives 0
-    assert math.isnan(im.valid_mean(x, torch.zeros_like(v), (1,), eps=0.0).item())
+    # RePRI's exact mean: no valid pixel is a clear error (it used to return NaN), DIaM's epsilon gives 0
+    with pytest.raises(ValueError, match=r"task\(s\) \[0\] have no valid pixel"):
+        im.valid_mean(x, torch.zeros_like(v), (1,), eps=0.0)
     assert im.valid_mean(x, torch.zeros_like(v), (1,)).item() == 0.0
 
 
@@ -85,10 +86,14 @@ def test_kl_to_prior_hand_value_and_self_prior_zero():
 
 def test_kl_numerator_epsilon_difference():
     # a class with marginal exactly 0: DIaM's log(1e-10 + 0) is finite so 0 * log(...) = 0 -> KL = ln 2;
-    # RePRI's log(0 / ...) = -inf and 0 * -inf = NaN (the official RePRI behaviour)
-    m, pi = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.5]])
+    # RePRI's log(0 / ...) = -inf and 0 * -inf = NaN in the official code, with a NaN gradient that ruins the
+    # episode (issue 9); here the term takes its limit 0 (x log x -> 0), value and gradient finite.
+    m, pi = torch.tensor([[1.0, 0.0]], requires_grad=True), torch.tensor([[0.5, 0.5]])
     assert im.kl_to_prior(m, pi).item() == pytest.approx(math.log(2), rel=1e-6)
-    assert math.isnan(im.binary_kl_to_prior(m, pi).item())
+    kl = im.binary_kl_to_prior(m, pi)
+    assert kl.item() == pytest.approx(math.log(2), rel=1e-6)
+    kl.sum().backward()
+    assert torch.isfinite(m.grad).all() and m.grad[0, 1] == 0
 
 
 def test_distillation_kl_hand_value_and_argument_order():

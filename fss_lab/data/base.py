@@ -7,8 +7,9 @@ Label convention, shared by every dataset in fss_lab (PFENet / RePRI / DIaM):
 * ``255``    ignore (void, object boundaries, unlabelled pixels, padding added by transforms).
 
 Images are returned as ``uint8`` RGB arrays ``[H, W, 3]`` and labels as ``uint8`` arrays ``[H, W]``; both have
-the same size. Loading never silently repairs data: a corrupt file, a label value outside ``{0..C, 255}`` or an
-image/label size mismatch raises :class:`DatasetError` naming the file, the value and the fix.
+the same size. Files are read as displayed: an EXIF ``Orientation`` tag (phone photos) is applied
+(``PIL.ImageOps.exif_transpose``) to images, labels and the header-only size checks alike. Loading never silently
+repairs data: a corrupt file, a label value outside ``{0..C, 255}`` or an image/label size mismatch raises :class:`DatasetError` naming the file, the value and the fix.
 """
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IGNORE_INDEX = 255
 BACKGROUND = 0
+#: EXIF tag of the orientation (1 = as stored; 5-8 = transposed, i.e. width and height swap when displayed).
+EXIF_ORIENTATION = 0x0112
 
 
 class DatasetError(ValueError):
@@ -38,7 +41,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
         path: image file (any format Pillow decodes).
 
     Returns:
-        ``np.ndarray`` uint8 ``[H, W, 3]``.
+        ``np.ndarray`` uint8 ``[H, W, 3]``, as displayed: the EXIF orientation (e.g. 6 = rotate 90 degrees
+        clockwise, what phones write) is applied, so ``H x W`` is the displayed size.
 
     Raises:
         DatasetError: the file is missing or does not decode (the message names the file and the fix).
@@ -48,7 +52,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise DatasetError(f"image file not found: {path}. Check the data root and the list file that names it.")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DatasetError(
             f"image file does not decode: {path} ({exc}). Re-download or re-export it, or remove it from the list."
@@ -62,7 +66,8 @@ def read_label(path: str | Path) -> np.ndarray:
         path: single-channel (``L`` or ``P`` mode) label image.
 
     Returns:
-        ``np.ndarray`` ``[H, W]`` with the stored integer values (``uint8`` or wider for 16-bit PNGs).
+        ``np.ndarray`` ``[H, W]`` with the stored integer values (``uint8`` or wider for 16-bit PNGs), with an
+        EXIF orientation applied like :func:`read_rgb` (rare in masks; kept consistent with the images).
 
     Raises:
         DatasetError: missing, undecodable, or multi-channel file.
@@ -77,9 +82,20 @@ def read_label(path: str | Path) -> np.ndarray:
                     f"label file {path} has mode {im.mode!r}; expected a single-channel PNG of class ids "
                     "(mode L or P). Convert colour-coded masks to class ids first."
                 )
-            return np.asarray(im).copy()
+            return np.asarray(ImageOps.exif_transpose(im)).copy()
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DatasetError(f"label file does not decode: {path} ({exc}). Re-export it as a PNG of class ids.") from exc
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """Displayed ``(H, W)`` of an image file from its header (EXIF orientation 5-8 swaps the stored sides).
+
+    Raises:
+        FileNotFoundError: no file. PIL.UnidentifiedImageError / OSError: not an image.
+    """
+    with Image.open(path) as im:
+        orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+        return (im.width, im.height) if orientation in (5, 6, 7, 8) else (im.height, im.width)
 
 
 def check_label(label: np.ndarray, num_classes: int, where: str) -> np.ndarray:
@@ -185,6 +201,9 @@ class SegmentationDataset(abc.ABC):
     def item_size(self, index: int) -> tuple[int, int]:
         """``(H, W)`` of item ``index``'s image in pixels, read from the file header when there is a file (cheap).
 
+        The displayed size: an EXIF orientation 5-8 (a phone photo taken upright) swaps the stored width and height,
+        as :func:`read_rgb` does.
+
         Raises:
             DatasetError: the image file is missing or not an image.
         """
@@ -193,8 +212,7 @@ class SegmentationDataset(abc.ABC):
         except NotImplementedError:
             return tuple(self.load_image(index).shape[:2])
         try:
-            with Image.open(image_path) as im:
-                return im.height, im.width
+            return image_size(image_path)
         except FileNotFoundError as exc:
             raise DatasetError(f"image file not found: {image_path}. Check the data root and the list file.") from exc
         except (UnidentifiedImageError, OSError) as exc:
@@ -259,6 +277,12 @@ class SegmentationDataset(abc.ABC):
             values, n = np.unique(self.load_label(i), return_counts=True)
             counts.append({int(v): int(c) for v, c in zip(values, n) if v not in (BACKGROUND, IGNORE_INDEX)})
         return counts
+
+    def label_value(self, index: int, class_id: int) -> int | None:
+        """The value class ``class_id`` has in item ``index``'s label: the class id itself here; datasets with
+        binary per-image labels (FSS-1000) return their foreground value, or ``None`` when the item is of another
+        class. Episode code compares labels with this value, never with a global class id."""
+        return class_id
 
     def describe(self) -> str:
         """One line: name, split, size, classes, folds."""
@@ -332,17 +356,24 @@ def check_list_files(pairs: Sequence[tuple[Path, Path]], list_path: str | Path) 
                 )
 
 
-def save_json_atomic(data: dict, path: str | Path) -> Path:
+def save_json_atomic(data: dict, path: str | Path, indent: int | None = None) -> Path:
     """Write ``data`` as JSON atomically (temporary file in the same folder, then rename); returns the path.
+    ``indent``: as :func:`json.dump` (``None``: one line).
 
-    A crash mid-write never leaves a half-written file under ``path``.
+    A crash mid-write never leaves a half-written file under ``path``. The file gets mode ``0644`` (readable by
+    everyone, like any ``open(path, "w")`` file under the usual umask), not ``mkstemp``'s ``0600``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=indent)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a results / episode file is an ordinary readable file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torch.utils.data import Dataset
 
-from .base import DatasetError, SegmentationDataset
+from .base import IGNORE_INDEX, DatasetError, SegmentationDataset
 from .episode import Episode
 from .sampler import EpisodeList, EpisodeSpec
 from .transforms import PairTransform, binary_episode_label
@@ -65,6 +65,16 @@ class TransformedItems:
         return self.transform(image, label)
 
 
+def _episode_label(items: TransformedItems, index: int, class_id: int) -> torch.Tensor:
+    """Binary label of ``class_id`` in item ``index``, through the dataset's :meth:`label_value` (FSS-1000's labels
+    are binary per image; a class the item does not show gives an all-background mask, ignore kept)."""
+    label = items.label(index)
+    value = items.dataset.label_value(index, class_id)
+    if value is None:
+        return torch.zeros_like(label).masked_fill_(label == IGNORE_INDEX, IGNORE_INDEX)
+    return binary_episode_label(label, value)
+
+
 def episode_masks(
     items: TransformedItems, indices: tuple[int, ...], class_id: int, role: str, dtype: torch.dtype = torch.int64
 ) -> torch.Tensor:
@@ -74,7 +84,7 @@ def episode_masks(
     Raises:
         DatasetError: a support mask has no foreground pixel after resizing (names the image and the fix).
     """
-    masks = torch.stack([binary_episode_label(items.label(i), class_id) for i in indices]).to(dtype)
+    masks = torch.stack([_episode_label(items, i, class_id) for i in indices]).to(dtype)
     if role == "support":
         for i, m in zip(indices, masks):
             if not (m == 1).any():

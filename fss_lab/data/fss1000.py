@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .base import IGNORE_INDEX, DatasetError, SegmentationDataset
+from .base import DatasetError, SegmentationDataset
+
+FOREGROUND = 1  #: the foreground value of FSS-1000's binary labels
 
 #: HSNet's split sizes (classes).
 FSS1000_SPLIT_SIZES = {"train": 520, "val": 240, "test": 240}
@@ -66,7 +68,7 @@ def binary_mask(path: Path, threshold: int = 128) -> np.ndarray:
         raise DatasetError(f"FSS-1000 mask not found: {path}. Every <n>.jpg needs a <n>.png next to it.")
     try:
         with Image.open(path) as im:
-            grey = np.asarray(im.convert("L"))
+            grey = np.asarray(ImageOps.exif_transpose(im).convert("L"))  # as displayed, like read_rgb
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DatasetError(f"mask file does not decode: {path} ({exc}). Re-download the class folder.") from exc
     return grey == 1 if grey.max() == 1 else grey >= threshold
@@ -94,11 +96,13 @@ class FSS1000(SegmentationDataset):
         threshold: grey level from which a mask pixel is foreground (see :func:`binary_mask`).
 
     Class ids are ``1..N`` over the split's class names sorted alphabetically (HSNet sorts them too);
-    ``folds == {0: (1, ..., N)}``. Labels: uint8 ``[H, W]``, 0 background, the item's class id on foreground.
+    ``folds == {0: (1, ..., N)}``. Every image shows one class, so labels are **binary**: uint8 ``[H, W]``,
+    0 background, 1 foreground (the item's own class, :meth:`class_of`); :meth:`label_value` tells episode code
+    which value class ``c`` has in item ``i``. No global class id is stored in a label, so any number of classes
+    works (the train split has 520; a uint8 class id, with 255 = ignore, could not hold them).
 
     Raises:
-        DatasetError: unknown split, missing split file or class folder, an image without a mask, more than 254
-        classes (a uint8 label cannot hold them; split the class list).
+        DatasetError: unknown split, missing split file or class folder, an image without a mask.
     """
 
     name = "fss1000"
@@ -114,11 +118,6 @@ class FSS1000(SegmentationDataset):
         if not self.root.is_dir():
             raise DatasetError(f"FSS-1000 folder not found: {self.root}. See datasets/README.md.")
         names = self._split_classes(split_files, seed)
-        if len(names) >= IGNORE_INDEX:
-            raise DatasetError(
-                f"FSS-1000 split {split!r} has {len(names)} classes; a uint8 label holds at most 254 (255 = ignore). "
-                "Pass split_files={split: file} with a class list of at most 254 names (e.g. train in chunks)."
-            )
         self.class_names = tuple(names)
         self.folds = {0: tuple(range(1, len(names) + 1))}
         self._items: list[tuple[Path, Path, int]] = []
@@ -181,7 +180,18 @@ class FSS1000(SegmentationDataset):
         return self._items[index][0], self._items[index][1]
 
     def load_label(self, index: int) -> np.ndarray:
-        """uint8 ``[H, W]``: the item's class id on foreground, 0 elsewhere."""
+        """uint8 ``[H, W]``: 1 on the foreground (the item's class, :meth:`class_of`), 0 elsewhere."""
         self._check_index(index)
-        _, png, class_id = self._items[index]
-        return (binary_mask(png, self.threshold) * np.uint8(class_id)).astype(np.uint8)
+        _, png, _ = self._items[index]
+        return binary_mask(png, self.threshold).astype(np.uint8)
+
+    def label_value(self, index: int, class_id: int) -> int | None:
+        """1 when ``class_id`` is item ``index``'s class (its foreground value), else ``None`` (not in the image)."""
+        return FOREGROUND if self.class_of(index) == class_id else None
+
+    def _compute_class_pixel_counts(self) -> list[dict[int, int]]:
+        counts = []
+        for i, (_, png, class_id) in enumerate(self._items):
+            n = int(binary_mask(png, self.threshold).sum())
+            counts.append({class_id: n} if n else {})
+        return counts

@@ -44,6 +44,7 @@ import torch
 
 from .base import DatasetError, SegmentationDataset, read_format_json, save_json_atomic
 from .class_maps import GFSSClassMap
+from .sampler import require_groups
 
 FORMAT = "fss_lab.gfss_runs/1"
 PROTOCOLS = ("diam", "gfs-seg")
@@ -230,6 +231,10 @@ def gfss_runs(
     q_counts, s_counts = dataset.class_pixel_counts(), sup.class_pixel_counts()
     labelled = set(cmap.base) | set(cmap.novel)
     pool = [i for i, c in enumerate(q_counts) if protocol == "gfs-seg" or labelled & {k for k, v in c.items() if v}]
+    if cross_group:  # a missing group would make every image "the same group": name that, not the counts
+        require_groups(dataset, "query")
+        if not same:
+            require_groups(sup, "support")
     banned_groups = {dataset.group(i) for i in pool} if cross_group and not same else set()
     thresholds = _thresholds(sup, s_counts, min_area, reference_size)
     novel = set(cmap.novel)

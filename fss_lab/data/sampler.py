@@ -120,6 +120,25 @@ class EpisodeList:
                         )
 
 
+def require_groups(dataset: SegmentationDataset, role: str = "query") -> list:
+    """Every item's ``dataset.group(i)``, for protocols that keep supports and queries in different groups.
+
+    Raises:
+        DatasetError: some items have no group (``None``), e.g. a folder dataset without ``group_pattern``: the
+            message names the dataset, the count, an example image and the fix (instead of blaming the number of
+            support images, which is what an all-``None`` grouping looks like downstream).
+    """
+    groups = [dataset.group(i) for i in range(len(dataset))]
+    missing = [i for i, g in enumerate(groups) if g is None]
+    if missing:
+        raise DatasetError(
+            f"the cross_group protocol needs the group (e.g. the video) of every image, but {len(missing)} of "
+            f"{len(groups)} {role} images of {dataset.name}/{dataset.split} have none (e.g. "
+            f"{dataset.image_id(missing[0])!r}). Set group_pattern in the dataset config (a regex whose first "
+            "group is the video / scene id, e.g. \"^([A-Za-z0-9]+)_\"), or use a protocol without cross_group.")
+    return groups
+
+
 def sample_fss_episodes(
     query_dataset: SegmentationDataset,
     fold: int,
@@ -149,7 +168,8 @@ def sample_fss_episodes(
 
     Raises:
         ValueError: ``shots < 1`` or ``n_episodes < 1``.
-        DatasetError: unknown fold, or no novel class of the fold has a query and ``shots`` supports (the message
+        DatasetError: ``cross_group`` with images that have no group (see :func:`require_groups`), unknown fold,
+            or no novel class of the fold has a query and ``shots`` supports (the message
             names the counts and the fix). Classes that cannot be satisfied while others can are dropped with a
             ``UserWarning`` and listed in ``meta["dropped_classes"]``.
     """
@@ -170,8 +190,8 @@ def sample_fss_episodes(
     query_holders = _holders(query_dataset, novel, min_area)
     support_holders = query_holders if same else _holders(support_dataset, novel, min_area)
     if cross_group:
-        q_groups = np.array([query_dataset.group(i) for i in range(len(query_dataset))], dtype=object)
-        s_groups = np.array([support_dataset.group(i) for i in range(len(support_dataset))], dtype=object)
+        q_groups = np.array(require_groups(query_dataset, "query"), dtype=object)
+        s_groups = q_groups if same else np.array(require_groups(support_dataset, "support"), dtype=object)
 
     def candidates(c: int, q: int) -> np.ndarray:
         cand = support_holders[c]

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import check_finite
 from ..data.class_maps import GFSSClassMap
 from ..data.episodic import TransformedItems, episode_masks
 from ..data.gfss import GFSSRun, GFSSRuns, gfss_query_labels, gfss_support_labels
@@ -128,7 +129,8 @@ def evaluate_tasks(method: Method, groups: Iterable[TaskGroup], score: Callable[
 
     Raises:
         UnsupportedTaskError: a task the method declares it cannot handle. ValueError: logits of the wrong shape
-            (names the expected one).
+            (names the expected one). NonFiniteError: NaN / Inf logits (names the method, the task's episode or run
+            and its query image ids).
     """
     kept: dict[int, torch.Tensor] = {}
     for group in groups:
@@ -144,6 +146,7 @@ def evaluate_tasks(method: Method, groups: Iterable[TaskGroup], score: Callable[
             if tuple(z.shape) != want:
                 raise ValueError(f"{type(method).__name__} returned logits {tuple(z.shape)} for {task.describe()}; "
                                  f"expected [Q, 1 + B + N, H, W] = {list(want)}")
+            check_finite(z, "logits", method=method.name, where=lambda q, t=task: f"{t.describe()}, query {q}")
             preds.append(z.max(1).indices.cpu())  # max().indices: much faster than argmax over a short dim on CPU
         score(group, preds)
         for key, p in zip(group.keys, preds):

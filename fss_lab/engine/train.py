@@ -28,11 +28,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from ..checks import check_finite
 from ..data.base import IGNORE_INDEX
 from ..losses.segmentation import pspnet_loss
 from ..metrics import intersection_and_union
-from .checkpoint import (CheckpointError, load_checkpoint, read_checkpoint, rng_states, save_checkpoint,
-                         set_rng_states, stale_temp_files)
+from .checkpoint import (CheckpointError, checkpoint_lock, load_checkpoint, read_checkpoint, rng_states,
+                         save_checkpoint, set_rng_states, stale_temp_files)
 from .device import resolve_device
 from .distributed import SINGLE_PROCESS, DistributedContext
 
@@ -227,9 +228,16 @@ def _feature_bank(model: nn.Module, dataset, flips: bool, device: torch.device, 
         for v, (xv, yv) in enumerate([(x, y), (x.flip(-1), y.flip(-1))][:1 + flips]):
             with torch.autocast("cuda", torch.float16, enabled=amp):
                 f = model.backbone_features(xv.to(device).contiguous(memory_format=fmt))
-            feats[v].append(f.to("cpu", torch.float16))
+            f = f.to("cpu", torch.float16)  # a NaN here would train the head on garbage: name the image instead
+            check_finite(f, f"backbone features ({desc})", where=lambda k: f"image {_image_id(dataset, start + k)}")
+            feats[v].append(f)
             labels[v].append(yv)
     return torch.stack([torch.cat(f) for f in feats]), torch.stack([torch.cat(y) for y in labels])
+
+
+def _image_id(dataset, index: int) -> str:
+    base = getattr(dataset, "image_id", None)
+    return base(index) if callable(base) else f"item {index}"
 
 
 def _epoch_batches(n: int, local_batch: int, ctx: DistributedContext, seed: int, epoch: int) -> list[list[int]]:
@@ -291,7 +299,7 @@ def evaluate_base(model: nn.Module, val_set, num_classes: int, *, ctx: Distribut
 
 def train_base(model: nn.Module, train_set, val_set=None, config: TrainConfig | None = None,
                checkpoint_path: str | Path | None = None, resume: bool = True, progress: bool = True,
-               ctx: DistributedContext | None = None) -> TrainHistory:
+               ctx: DistributedContext | None = None, lock_timeout: float | None = None) -> TrainHistory:
     """Train ``model`` on the base classes (in place) and return what happened.
 
     Args:
@@ -306,6 +314,9 @@ def train_base(model: nn.Module, train_set, val_set=None, config: TrainConfig | 
         progress: ``tqdm.auto`` bar with running loss and the last mIoU (rank 0; ``TQDM_DISABLE=1`` silences it).
         ctx: the :class:`~fss_lab.engine.distributed.DistributedContext` (``None``: one process on
             ``config.device``). Under DDP every rank must call this with the same arguments.
+        lock_timeout: seconds to wait for another run training the same ``checkpoint_path`` (rank 0 holds
+            :func:`~fss_lab.engine.checkpoint.checkpoint_lock` for the whole run); ``None`` waits until it is done and
+            then resumes from / reuses its checkpoint, ``0`` raises at once.
 
     Returns:
         :class:`TrainHistory`. The model is changed in place: trained, moved to the training device, in eval
@@ -314,7 +325,8 @@ def train_base(model: nn.Module, train_set, val_set=None, config: TrainConfig | 
 
     Raises:
         ValueError: bad config, or fewer training images than one batch. CheckpointError: an unreadable
-            checkpoint, or one written with a different recipe (:data:`RESUME_KEYS`).
+            checkpoint, or one written with a different recipe (:data:`RESUME_KEYS`), or a checkpoint still locked
+            by another run after ``lock_timeout`` seconds.
     """
     if config is None:
         raise ValueError("train_base needs a TrainConfig (at least iterations= or epochs=)")
@@ -352,113 +364,121 @@ def train_base(model: nn.Module, train_set, val_set=None, config: TrainConfig | 
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history = TrainHistory(config=config.to_dict())
 
-    start = 0
-    if checkpoint_path is not None and main:
-        for stale in stale_temp_files(checkpoint_path):  # left by a run killed while writing
-            log.warning("removing %s, a partial checkpoint of a killed run", stale)
-            stale.unlink(missing_ok=True)
-    random.seed(config.seed + ctx.rank)
-    np.random.seed((config.seed + ctx.rank) % 2**32)
-    torch.manual_seed(config.seed + ctx.rank)
-    if checkpoint_path is not None and resume and Path(checkpoint_path).is_file():
-        saved = read_checkpoint(checkpoint_path)
-        old = saved.get("config") or {}
-        diff = {k: (old.get(k), history.config[k]) for k in RESUME_KEYS if old.get(k) != history.config[k]}
-        if diff:
-            raise CheckpointError(f"checkpoint {checkpoint_path} was written with other settings {diff} (saved, "
-                                  "now); pass resume=False, another checkpoint_path, or the saved settings")
-        state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler)
-        start, history = int(state["iteration"]), TrainHistory.from_dict(state["history"])
-        per_rank = state["extra"].get("rng_per_rank")
-        if per_rank and len(per_rank) == ctx.world_size:
-            set_rng_states(per_rank[ctx.rank])
-        if main:
-            log.info("resumed from %s at iteration %d/%d", checkpoint_path, start, total)
+    lock = checkpoint_lock(checkpoint_path, lock_timeout) if checkpoint_path is not None and main else None
+    try:
+        ctx.barrier()  # the other ranks read the checkpoint only once rank 0 holds its lock
+        start = 0
+        if checkpoint_path is not None and main:
+            for stale in stale_temp_files(checkpoint_path):  # left by a dead writer; a live run's file is not listed
+                log.warning("removing %s, a partial checkpoint of a killed run", stale)
+                stale.unlink(missing_ok=True)
+        random.seed(config.seed + ctx.rank)
+        np.random.seed((config.seed + ctx.rank) % 2**32)
+        torch.manual_seed(config.seed + ctx.rank)
+        if checkpoint_path is not None and resume and Path(checkpoint_path).is_file():
+            saved = read_checkpoint(checkpoint_path)
+            old = saved.get("config") or {}
+            diff = {k: (old.get(k), history.config[k]) for k in RESUME_KEYS if old.get(k) != history.config[k]}
+            if diff:
+                raise CheckpointError(f"checkpoint {checkpoint_path} was written with other settings {diff} (saved, "
+                                      "now); pass resume=False, another checkpoint_path, or the saved settings")
+            state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler)
+            start, history = int(state["iteration"]), TrainHistory.from_dict(state["history"])
+            per_rank = state["extra"].get("rng_per_rank")
+            if per_rank and len(per_rank) == ctx.world_size:
+                set_rng_states(per_rank[ctx.rank])
+            if main:
+                log.info("resumed from %s at iteration %d/%d", checkpoint_path, start, total)
 
-    channels_last = device.type == "cpu" if config.channels_last is None else config.channels_last
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:  # same values; oneDNN convolutions run about 2x faster on CPUs in this layout
-        model.to(memory_format=torch.channels_last)
-    runner: nn.Module = _HeadRunner(model) if cached else model
-    if ctx.is_distributed:
-        runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
-    bank = val_bank = None
-    if cached and start < total:
-        bank = _feature_bank(model, train_set, True, device, config.eval_batch_size, use_amp,
-                             "caching backbone features", progress and main, fmt)
-        if val_set is not None:
-            val_bank = _feature_bank(model, val_set, False, device, config.eval_batch_size, use_amp,
-                                     "caching val features", progress and main, fmt)
+        channels_last = device.type == "cpu" if config.channels_last is None else config.channels_last
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:  # same values; oneDNN convolutions run about 2x faster on CPUs in this layout
+            model.to(memory_format=torch.channels_last)
+        runner: nn.Module = _HeadRunner(model) if cached else model
+        if ctx.is_distributed:
+            runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
+        bank = val_bank = None
+        if cached and start < total:
+            bank = _feature_bank(model, train_set, True, device, config.eval_batch_size, use_amp,
+                                 "caching backbone features", progress and main, fmt)
+            if val_set is not None:
+                val_bank = _feature_bank(model, val_set, False, device, config.eval_batch_size, use_amp,
+                                         "caching val features", progress and main, fmt)
 
-    def validate(it: int) -> None:
+        def validate(it: int) -> None:
+            ctx.average_buffers(model)
+            scores = evaluate_base(model, val_set, num_classes, ctx=ctx, batch_size=config.eval_batch_size,
+                                   bank=val_bank, amp=use_amp, memory_format=fmt)
+            history.evals.append({"iteration": it, **scores})
+
+        def checkpoint(it: int) -> None:
+            ctx.average_buffers(model)
+            rngs = ctx.all_gather_object(rng_states())  # every rank's RNGs: exact resumption under DDP too
+            if main:
+                save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                iteration=it, history=history.to_dict(), config=history.config,
+                                extra={"rng_per_rank": rngs, "world_size": ctx.world_size})
+                log.info("checkpoint saved at iteration %d to %s", it, checkpoint_path)
+
+        bar = tqdm(total=total, initial=start, desc="base training", disable=not (progress and main))
+        running = history.steps[-1]["loss"] if history.steps else None
+        t0, it, k = time.perf_counter(), start, config.loss_stride
+        while it < total:
+            epoch, skip = divmod(it, steps_per_epoch)
+            batches = _epoch_batches(n_train, local_batch, ctx, config.seed, epoch)[skip:]
+            if cached:
+                flips = _flip_bits(n_train, config.seed, epoch)
+                loader = ((bank[0][flips[b], b], bank[1][flips[b], b]) for b in map(torch.tensor, batches))
+            else:
+                if hasattr(train_set, "set_epoch"):
+                    train_set.set_epoch(epoch)
+                loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.num_workers,
+                                    pin_memory=device.type == "cuda",  # own generator: keeps the global RNG exact
+                                    generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+            model.train()
+            for x, y in loader:
+                if it >= total:
+                    break
+                x = x.to(device, non_blocking=True).float().contiguous(memory_format=fmt)
+                y = y.to(device, non_blocking=True).long()[:, k // 2::k, k // 2::k]  # the loss grid
+                with torch.autocast("cuda", torch.float16, enabled=use_amp):
+                    logits, aux_logits, feats = runner(x, tuple(y.shape[-2:])) if cached else runner(x, True)
+                if not cached and k > 1:
+                    logits, aux_logits = (None if t is None else t[..., k // 2::k, k // 2::k]
+                                          for t in (logits, aux_logits))
+                parts = pspnet_loss(logits.float(), y, None if aux_logits is None else aux_logits.float(),
+                                    aux_weight=config.aux_weight, label_smoothing=config.label_smoothing)
+                extra = config.extra_loss(feats, y, logits) if config.extra_loss is not None else parts.main * 0
+                loss = parts.total + extra
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                it += 1
+                value = float(loss.detach())
+                running = value if running is None else 0.9 * running + 0.1 * value
+                history.steps.append({"iteration": it, "epoch": epoch, "loss": value,
+                                      "loss_main": float(parts.main.detach()), "loss_aux": float(parts.aux.detach()),
+                                      "loss_extra": float(extra.detach()), "lr": lr,
+                                      "seconds": time.perf_counter() - t0})
+                if val_set is not None and (it == total or (config.eval_every and it % config.eval_every == 0)):
+                    validate(it)
+                    model.train()
+                if checkpoint_path is not None and (it == total or (config.checkpoint_every
+                                                                    and it % config.checkpoint_every == 0)):
+                    checkpoint(it)
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.3f}", mIoU=f"{history.last_miou:.3f}" if history.evals else "-")
+        bar.close()
         ctx.average_buffers(model)
-        scores = evaluate_base(model, val_set, num_classes, ctx=ctx, batch_size=config.eval_batch_size,
-                               bank=val_bank, amp=use_amp, memory_format=fmt)
-        history.evals.append({"iteration": it, **scores})
-
-    def checkpoint(it: int) -> None:
-        ctx.average_buffers(model)
-        rngs = ctx.all_gather_object(rng_states())  # every rank's RNGs: exact resumption under DDP too
-        if main:
-            save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            iteration=it, history=history.to_dict(), config=history.config,
-                            extra={"rng_per_rank": rngs, "world_size": ctx.world_size})
-            log.info("checkpoint saved at iteration %d to %s", it, checkpoint_path)
-
-    bar = tqdm(total=total, initial=start, desc="base training", disable=not (progress and main))
-    running = history.steps[-1]["loss"] if history.steps else None
-    t0, it, k = time.perf_counter(), start, config.loss_stride
-    while it < total:
-        epoch, skip = divmod(it, steps_per_epoch)
-        batches = _epoch_batches(n_train, local_batch, ctx, config.seed, epoch)[skip:]
-        if cached:
-            flips = _flip_bits(n_train, config.seed, epoch)
-            loader = ((bank[0][flips[b], b], bank[1][flips[b], b]) for b in map(torch.tensor, batches))
-        else:
-            if hasattr(train_set, "set_epoch"):
-                train_set.set_epoch(epoch)
-            loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.num_workers,
-                                pin_memory=device.type == "cuda",  # own generator: keeps the global RNG exact
-                                generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
-        model.train()
-        for x, y in loader:
-            if it >= total:
-                break
-            x = x.to(device, non_blocking=True).float().contiguous(memory_format=fmt)
-            y = y.to(device, non_blocking=True).long()[:, k // 2::k, k // 2::k]  # the loss grid
-            with torch.autocast("cuda", torch.float16, enabled=use_amp):
-                logits, aux_logits, feats = runner(x, tuple(y.shape[-2:])) if cached else runner(x, True)
-            if not cached and k > 1:
-                logits, aux_logits = (None if t is None else t[..., k // 2::k, k // 2::k] for t in (logits, aux_logits))
-            parts = pspnet_loss(logits.float(), y, None if aux_logits is None else aux_logits.float(),
-                                aux_weight=config.aux_weight, label_smoothing=config.label_smoothing)
-            extra = config.extra_loss(feats, y, logits) if config.extra_loss is not None else parts.main * 0
-            loss = parts.total + extra
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            it += 1
-            value = float(loss.detach())
-            running = value if running is None else 0.9 * running + 0.1 * value
-            history.steps.append({"iteration": it, "epoch": epoch, "loss": value,
-                                  "loss_main": float(parts.main.detach()), "loss_aux": float(parts.aux.detach()),
-                                  "loss_extra": float(extra.detach()), "lr": lr, "seconds": time.perf_counter() - t0})
-            if val_set is not None and (it == total or (config.eval_every and it % config.eval_every == 0)):
-                validate(it)
-                model.train()
-            if checkpoint_path is not None and (it == total or (config.checkpoint_every
-                                                                and it % config.checkpoint_every == 0)):
-                checkpoint(it)
-            bar.update(1)
-            bar.set_postfix(loss=f"{running:.3f}", mIoU=f"{history.last_miou:.3f}" if history.evals else "-")
-    bar.close()
-    ctx.average_buffers(model)
-    if channels_last:  # hand back the usual layout: callers may .view() the features
-        model.to(memory_format=torch.contiguous_format)
-    model.eval()
-    return history
+        if channels_last:  # hand back the usual layout: callers may .view() the features
+            model.to(memory_format=torch.contiguous_format)
+        model.eval()
+        return history
+    finally:
+        if lock is not None:
+            lock.release()
 
 __all__ = ["TrainConfig", "TrainHistory", "train_base", "evaluate_base", "quick_cpu_config"]

@@ -27,10 +27,16 @@ rank 0's output is a JSON summary (``{"iterations": ..., "base_miou": ...}``).
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import difflib
+import inspect
 import json
 import logging
 import math
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,7 +63,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     """Read a JSON/YAML config, fill :data:`DEFAULTS`, apply ``key.sub=value`` overrides (values parsed as JSON).
 
     Raises:
-        DatasetError: missing or malformed file, unknown top-level key, or a bad override (names the problem).
+        DatasetError: missing or malformed file, an unknown key at any level or a value of the wrong type, after the
+            overrides are applied (see :func:`check_config`), or a malformed override (names the key and the fix).
     """
     path = Path(path)
     if not path.is_file():
@@ -72,24 +79,107 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
             cfg = json.loads(text)
     except Exception as exc:  # json / yaml errors
         raise DatasetError(f"config file {path} does not parse: {exc}") from exc
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise DatasetError(f"config {path}: unknown keys {unknown}; valid keys: {sorted(DEFAULTS)}")
-    merged = {**DEFAULTS, **cfg}
+    if not isinstance(cfg, dict):
+        raise DatasetError(f"config file {path} must hold a mapping of keys, got {type(cfg).__name__}")
+    merged = copy.deepcopy({**DEFAULTS, **cfg})  # overrides must never write into DEFAULTS' nested sections
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep:
-            raise DatasetError(f"--set {item!r}: expected key=value, e.g. train.lr=0.02")
+        if not sep or not key:
+            raise DatasetError(f"config {path}: --set {item!r}: expected key=value, e.g. train.lr=0.02")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
         *parents, leaf = key.split(".")
         node = merged
-        for p in parents:
+        for depth, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                section = ".".join(parents[:depth + 1])
+                raise DatasetError(f"config {path}: --set {item!r}: {section} is not a section (it holds {node!r}); "
+                                   f"set it directly, e.g. --set {section}=...")
         node[leaf] = value
+    check_config(merged, f"config {path}" + (f" with --set {list(overrides)}" if overrides else ""))
     return merged
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...] | None:
+    """Python types a TrainConfig field accepts (``None``: anything, e.g. a callable hook)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_allowed_types(a) for a in typing.get_args(hint)]
+        return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)
+    if hint is type(None):
+        return (type(None),)
+    if hint is float:
+        return (int, float)
+    if hint in (int, bool, str):
+        return (hint,)
+    return None
+
+
+def _type_error(where: str, key: str, value: Any, allowed: tuple[type, ...]) -> str | None:
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if ok:
+        return None
+    names = sorted({t.__name__ for t in allowed if t is not type(None)}) + ["None"] * (type(None) in allowed)
+    names = " or ".join(names)
+    shown = f"the string {value!r}" if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+    return (f"{where}: {key} must be {names}, got {shown}; fix the value, e.g. --set {key}=<{names.split()[0]}> "
+            "(--set values are parsed as JSON: 100, 0.02, true, null, [1, 2], \"text\")")
+
+
+def check_config(cfg: dict, where: str = "config") -> None:
+    """Check a merged config (after ``--set`` overrides): known keys at every level, value types.
+
+    Top-level keys must be :data:`DEFAULTS` keys; ``train`` keys :class:`TrainConfig` fields with their types
+    (``int`` fields take ints, ``float`` fields numbers, ``bool`` fields ``true``/``false``, ``X | None`` also
+    ``null``); ``model`` keys :class:`PSPNet` arguments; ``image_size`` two ints; the ``*_kwargs`` sections mappings.
+
+    Raises:
+        DatasetError: naming ``where``, the key (e.g. ``train.iterations``), the value and the valid keys / types.
+    """
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        close = {k: difflib.get_close_matches(k, DEFAULTS, n=1) for k in unknown}
+        hints = "".join(f" ({k}: did you mean {c[0]!r}?)" for k, c in close.items() if c)
+        raise DatasetError(f"{where}: unknown keys {unknown}{hints}; valid keys: {sorted(DEFAULTS)}")
+    for section in ("model", "train", "dataset_kwargs", "train_dataset_kwargs", "val_dataset_kwargs"):
+        if not isinstance(cfg[section], dict):
+            raise DatasetError(f"{where}: {section} must be a mapping of keys, got {cfg[section]!r}")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    bad = sorted(set(cfg["train"]) - set(fields))
+    if bad:
+        raise DatasetError(f"{where}: unknown train keys {bad}{_did_you_mean(bad, fields)}; valid train keys "
+                           f"(TrainConfig fields): {sorted(fields)}")
+    for key, value in cfg["train"].items():
+        allowed = _allowed_types(hints[key])
+        msg = _type_error(where, f"train.{key}", value, allowed) if allowed is not None else None
+        if msg:
+            raise DatasetError(msg)
+    model_args = [n for n in inspect.signature(PSPNet.__init__).parameters if n not in ("self", "num_classes")]
+    bad = sorted(set(cfg["model"]) - set(model_args))
+    if bad:
+        raise DatasetError(f"{where}: unknown model keys {bad}{_did_you_mean(bad, model_args)}; valid model keys "
+                           f"(PSPNet arguments; num_classes is set from the fold): {sorted(model_args)}")
+    size = cfg["image_size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(type(v) is int and v >= 8 for v in size)):
+        raise DatasetError(f"{where}: image_size must be [H, W], two ints >= 8, got {size!r}; e.g. "
+                           "--set image_size=[192,192]")
+    for key in ("fold", "min_base_area"):
+        msg = _type_error(where, key, cfg[key], (int,))
+        if msg:
+            raise DatasetError(msg)
+    for key in ("augment", "resume"):
+        msg = _type_error(where, key, cfg[key], (bool,))
+        if msg:
+            raise DatasetError(msg)
+
+
+def _did_you_mean(bad: list[str], valid) -> str:
+    close = {k: difflib.get_close_matches(k, list(valid), n=1) for k in bad}
+    return "".join(f" ({k}: did you mean {c[0]!r}?)" for k, c in close.items() if c)
 
 
 def build_run(cfg: dict) -> tuple[PSPNet, BaseTrainingSet, BaseTrainingSet | None, TrainConfig]:

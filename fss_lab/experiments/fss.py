@@ -94,12 +94,13 @@ class FSSExperiment:
         self.transform = PairTransform(cfg.image_size, cfg.transform_mode, tuple(pre.mean), tuple(pre.std))
         self.extractor = FeatureExtractor(self.backbone, levels=cfg.levels, device=self.device)
         self.query_items = TransformedItems(self.query_dataset, self.transform)
-        self.query_cache = FeatureCache(self.extractor, self.query_items.image)
+        self.query_cache = FeatureCache(self.extractor, self.query_items.image, image_id=self.query_dataset.image_id)
         if self.support_dataset is self.query_dataset:
             self.support_items, self.support_cache = self.query_items, self.query_cache
         else:
             self.support_items = TransformedItems(self.support_dataset, self.transform)
-            self.support_cache = FeatureCache(self.extractor, self.support_items.image)
+            self.support_cache = FeatureCache(self.extractor, self.support_items.image,
+                                              image_id=self.support_dataset.image_id)
         self._episodes: dict[int, EpisodeList] = {}
 
     @property

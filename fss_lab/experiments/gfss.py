@@ -90,10 +90,11 @@ class GFSSExperiment:
         self.items = TransformedItems(self.query_dataset, self.base.transform)
         self.support_items = (self.items if self.support_dataset is self.query_dataset
                               else TransformedItems(self.support_dataset, self.base.transform))
-        self.caches = {s: FeatureCache(ModelFeatures(self.model, s), self.items.image, progress=progress)
-                       for s in ("bottleneck", "backbone")}
+        self.caches = {s: FeatureCache(ModelFeatures(self.model, s), self.items.image, progress=progress,
+                                       image_id=self.query_dataset.image_id) for s in ("bottleneck", "backbone")}
         self.support_caches = (self.caches if self.support_items is self.items else
-                               {s: FeatureCache(ModelFeatures(self.model, s), self.support_items.image)
+                               {s: FeatureCache(ModelFeatures(self.model, s), self.support_items.image,
+                                                image_id=self.support_dataset.image_id)
                                 for s in ("bottleneck", "backbone")})
         self._runs: dict[int, GFSSRuns] = {}
 

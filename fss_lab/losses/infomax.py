@@ -51,10 +51,19 @@ def valid_mean(values: torch.Tensor, valid: torch.Tensor, dims: tuple[int, ...],
 
     Returns:
         ``values`` reduced over ``dims``.
+
+    Raises:
+        ValueError: ``eps == 0`` and a task has no valid pixel (RePRI's exact mean would be NaN = 0 / 0).
     """
     valid = valid.to(values.dtype)
     count = valid.sum(dim=dims)
-    return (valid * values).sum(dim=dims) / (count + eps) if eps else (valid * values).sum(dim=dims) / count
+    if eps:
+        return (valid * values).sum(dim=dims) / (count + eps)
+    if bool((count == 0).any()):
+        empty = torch.nonzero(count.reshape(-1) == 0).flatten().tolist()
+        raise ValueError(f"valid_mean with eps=0 (RePRI's exact mean): task(s) {empty[:8]} have no valid pixel, so "
+                         "the mean is 0 / 0 = NaN; drop those tasks, or give them at least one non-ignored pixel")
+    return (valid * values).sum(dim=dims) / count
 
 
 def one_hot(labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -224,13 +233,20 @@ def kl_to_prior(marginal: torch.Tensor, prior: torch.Tensor, *, numerator_eps: f
 
     Args:
         marginal: ``[T, C]``; prior: ``[T, C]`` (no gradient needed).
-        numerator_eps: DIaM 1e-10; RePRI 0 (``log(p_hat / (pi + 1e-10))``).
+        numerator_eps: DIaM 1e-10; RePRI 0 (``log(p_hat / (pi + 1e-10))``; terms with ``p_hat_c = 0`` count as 0,
+            the limit of ``x log x``, instead of NaN).
 
     Returns:
         ``[T]``.
     """
     ratio = marginal / (prior + EPS)
-    return (marginal * torch.log(ratio + numerator_eps if numerator_eps else ratio)).sum(dim=1)
+    if numerator_eps:
+        return (marginal * torch.log(ratio + numerator_eps)).sum(dim=1)
+    # RePRI's form has no epsilon: a saturated marginal (p_hat_c = 0, e.g. sigmoid of logits at scale 50+) gives
+    # 0 * log(0) = NaN, with a NaN gradient. Use the limit 0 (and a 0 gradient) there; elsewhere the same values.
+    positive = ratio > 0
+    safe = torch.where(positive, ratio, torch.ones_like(ratio))
+    return torch.where(positive, marginal * torch.log(safe), torch.zeros_like(ratio)).sum(dim=1)
 
 
 def distillation_kl(

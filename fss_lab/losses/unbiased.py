@@ -72,9 +72,16 @@ def reformulated_ce(
         class_weights: float ``[2]`` (bg, novel); default :func:`binary_class_weights` of ``target``.
         Returns: float scalar.
 
+        A target without a non-ignored pixel gives 0 (with a gradient path), not PyTorch's NaN (0 / 0).
+
     Raises:
-        ValueError: shapes disagree, ``target`` holds other values, or ``novel_index`` is out of range.
+        ValueError: shapes disagree, ``target`` holds other values, ``novel_index`` is out of range, or ``logits``
+            has a single channel (C = 1 leaves no class to fold into background: ``-log q~(bg) = inf``).
     """
+    if logits.dim() >= 2 and logits.shape[1] < 2:
+        raise ValueError(f"reformulated_ce needs logits with at least 2 channels (the novel class and the ones "
+                         f"folded into background), got shape {tuple(logits.shape)}; with one class use a plain "
+                         "binary cross-entropy")
     if logits.dim() < 2 or target.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(f"target must be logits' shape without the class axis, got {tuple(target.shape)} for "
                          f"logits {tuple(logits.shape)}")
@@ -85,6 +92,8 @@ def reformulated_ce(
     if class_weights is None:
         class_weights = binary_class_weights(target, ignore_index)
     log_q = binary_log_probs(logits, novel_index)
+    if not bool((target != ignore_index).any()):
+        return logits.sum() * 0.0  # nothing to supervise: 0, not nll_loss's 0 / 0
     return F.nll_loss(log_q, target.long(), weight=class_weights.to(log_q), ignore_index=ignore_index)
 
 

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import check_finite
+
 if TYPE_CHECKING:
     from .features import FeatureExtractor
 
@@ -24,14 +26,20 @@ class FeatureCache:
         batch_size: misses are extracted in batches of at most this many images (images of one size per batch).
         store_device: where cached features live (``"cpu"`` keeps accelerator memory free).
         progress: show a ``tqdm.auto`` bar in :meth:`precompute` (``TQDM_DISABLE=1`` silences it).
-        key: optional description, e.g. ``"generated/fold0/240x320/efficientnet_lite0:s16"``, shown in ``repr``.
-            The cache does not check it: use one cache per (dataset, transform, backbone, levels).
+        key: optional description, e.g. ``"generated/fold0/240x320/efficientnet_lite0:s16"``, shown in ``repr``
+            and in errors. The cache does not check it: use one cache per (dataset, transform, backbone, levels).
+        image_id: optional ``index -> image id`` (e.g. ``dataset.image_id``) used in error messages.
+
+    Every feature map is checked as it enters the cache: a NaN or Inf raises
+    :class:`~fss_lab.checks.NonFiniteError` naming the item index, its image id, the cache key and the extractor
+    (it would otherwise be scored as background downstream, lowering mIoU without a message).
 
     Counters: ``misses`` = items extracted; ``hits`` = items requested through :meth:`get` that were already
     cached (an index repeated within one call counts as a hit after its first occurrence).
 
     Raises:
-        ValueError: ``batch_size < 1``.
+        ValueError: ``batch_size < 1``. NonFiniteError (a ValueError), from :meth:`get` / :meth:`precompute`:
+            non-finite features.
     """
 
     def __init__(
@@ -43,6 +51,7 @@ class FeatureCache:
         store_device: torch.device | str = "cpu",
         progress: bool = False,
         key: str | None = None,
+        image_id: Callable[[int], str] | None = None,
     ):
         if int(batch_size) < 1:
             raise ValueError(f"FeatureCache batch_size must be >= 1; got {batch_size}")
@@ -52,6 +61,7 @@ class FeatureCache:
         self.store_device = torch.device(store_device)
         self.progress = progress
         self.key = key
+        self.image_id = image_id
         self._store: dict[int, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
@@ -91,7 +101,8 @@ class FeatureCache:
 
         Raises:
             ValueError: empty ``indices``; a non-integer index; a bad image from ``load_image``; items whose
-                feature sizes differ (resize all images to one size in the transform).
+                feature sizes differ (resize all images to one size in the transform). NonFiniteError: an item's
+                features hold NaN/Inf (names the item, its image id, the cache key and the extractor).
         """
         idx = self._check_indices(indices)
         if not idx:
@@ -158,7 +169,12 @@ class FeatureCache:
 
     def _extract(self, group: list[tuple[int, torch.Tensor]]) -> int:
         feats = self.extractor(torch.stack([img for _, img in group])).to(self.store_device)
-        for (i, _), f in zip(group, feats):
+        name = getattr(getattr(self.extractor, "backbone", None), "name", type(self.extractor).__name__)
+        for (i, img), f in zip(group, feats):
+            if not bool(torch.isfinite(f).all()):
+                source = "the input image" if not bool(torch.isfinite(img).all()) else f"extractor {name}"
+                check_finite(f, f"features of item {i}", cache=self.key, extractor=name,
+                             image_id=self.image_id(i) if self.image_id is not None else i, produced_by=source)
             self._store[i] = f.clone()  # own storage: not a view that keeps the whole batch alive
         self.misses += len(group)
         return len(group)
