@@ -4,8 +4,7 @@ import torch
 
 from fss_lab.checks import NonFiniteError, check_finite
 from fss_lab.data import PairTransform, TransformedItems, sample_fss_episodes
-from fss_lab.engine.evaluate import evaluate_fss
-from fss_lab.engine.evaluate_gfss import evaluate_gfss
+from fss_lab.engine.evaluate import evaluate_fss, evaluate_gfss
 from fss_lab.models.feature_cache import FeatureCache
 from tests.test_evaluate import _OracleFeatures
 from tests.test_evaluate_gfss import Oracle, setup  # noqa: F401  (setup is a fixture)
@@ -49,27 +48,23 @@ def test_feature_cache_refuses_nan_features_naming_the_item_and_image_id():
     assert 2 not in cache, "a NaN feature must not stay in the cache"
 
 
-class _NaNLogits(torch.nn.Module):
-    name = "broken"
-
-    def fit(self, support_features, support_masks, query_features=None):
-        return self
-
-    def predict(self, query_features, size):
-        out = torch.zeros(query_features.shape[0], 2, *size)
-        out[:, 1, 0, 0] = float("nan")
-        return out
-
-
 def test_evaluate_fss_refuses_nan_logits_naming_method_episode_and_images(toy):
-    from fss_lab.methods.base import FewShotMethod
+    from fss_lab.methods.base import Method
 
-    class Broken(_NaNLogits, FewShotMethod):
-        pass
+    class Broken(Method):
+        name = "broken"
+
+        def fit(self, task):
+            return self
+
+        def predict(self, task):
+            out = torch.zeros(task.num_queries, 2, *task.size)
+            out[:, 1, 0, 0] = float("nan")
+            return out
 
     items = TransformedItems(toy, PairTransform((32, 32)))
     eps = sample_fss_episodes(toy, fold=0, shots=1, n_episodes=4, seed=0)
-    with pytest.raises(NonFiniteError, match=r"logits hold 4 NaN .*method=broken, episode 0, class \d+, query images"):
+    with pytest.raises(NonFiniteError, match=r"logits hold \d+ NaN .*method=broken, episode=0, class_id=\d+, query_ids=\[.*\], query 0"):
         evaluate_fss(Broken(), eps, items, items, _OracleFeatures(items), progress=False)
 
 
@@ -79,13 +74,13 @@ def test_evaluate_gfss_refuses_nan_logits_naming_method_run_and_image(setup):  #
     class Broken(Oracle):
         name = "broken-gfss"
 
-        def predict(self, query_features, size):
-            out = super().predict(query_features, size)
+        def predict(self, task):
+            out = super().predict(task)
             out[-1, 0, 0, 0] = float("inf")
             return out
 
     first = runs[0].query[0]
-    with pytest.raises(NonFiniteError, match=r"1 Inf .*method=broken-gfss, run=0, query image toy_val_\d+"):
+    with pytest.raises(NonFiniteError, match=r"1 Inf .*method=broken-gfss, run=0, query_ids=\[.*'toy_val_\d+'\], query \d+"):
         evaluate_gfss(Broken(), runs[0], feats, items, batch_size=len(runs[0].query))
     assert first is not None
 
