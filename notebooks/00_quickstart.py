@@ -54,13 +54,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from IPython.display import display
 
 import fss_lab
 from fss_lab.engine.device import resolve_device, seed_everything
 from fss_lab.experiments import FSSConfig, FSSExperiment
 from fss_lab.methods.prototype import PrototypeBaseline
-from fss_lab.viz import episode_browser, plot_episode, plot_per_class_iou, show_episode
+from fss_lab.viz import episode_browser, plot_episode, plot_per_class_iou, show, show_episode
 
 t_start = time.time()
 seed_everything(SEED)
@@ -127,8 +126,7 @@ for k in SHOTS:
 # %%
 ep = exp.episode(0, max(SHOTS))
 fig = plot_episode(ep, class_name=qds.class_name(ep.class_ids[0]))
-fig.savefig(results_dir / "episode.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "episode.png")
 
 # %% [markdown]
 # ## Frozen features and the prototype baseline
@@ -168,8 +166,7 @@ for _, r in summary.iterrows():
 
 # %%
 fig = plot_per_class_iou(per_class, title=f"{DATASET} fold {FOLD}: per-class IoU of the prototype baseline", hue="shots")
-fig.savefig(results_dir / "per_class_iou.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "per_class_iou.png")
 
 # %% [markdown]
 # ## Predictions
@@ -179,8 +176,7 @@ display(fig)
 k = max(SHOTS)
 for n in range(2):
     fig = plot_episode(exp.episode(n, k), prediction=results[k].predictions[n], class_name=qds.class_name(exp.episodes(k)[n].class_id))
-    fig.savefig(results_dir / f"prediction_{n}.png", dpi=120, bbox_inches="tight")
-    display(fig)
+    show(fig, results_dir / f"prediction_{n}.png")
 
 # %% [markdown]
 # ## What did we measure?

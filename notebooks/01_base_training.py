@@ -56,13 +56,12 @@ from pathlib import Path
 import pandas as pd
 import seaborn as sns
 import torch
-from IPython.display import display
 from matplotlib.figure import Figure
 
 from fss_lab.data import create_dataset
 from fss_lab.data.class_maps import GFSSClassMap
 from fss_lab.experiments.base_model import BaseModelConfig, get_base_model
-from fss_lab.viz import plot_predictions
+from fss_lab.viz import plot_predictions, show
 
 t_start = time.time()
 results_dir = Path(RESULTS_DIR)
@@ -106,8 +105,7 @@ sns.lineplot(steps.assign(smoothed=steps["loss"].rolling(20, min_periods=1).mean
 ax_loss.set(title="training loss (smoothed)", ylabel="loss")
 sns.lineplot(evals, x="iteration", y="base_miou", marker="o", ax=ax_miou)
 ax_miou.set(title="base mIoU on the val split", ylabel="mIoU", ylim=(0, 1))
-fig.savefig(results_dir / "curves.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "curves.png")
 
 # %% [markdown]
 # ## Per-class IoU and qualitative predictions (base classes; novel pixels are ignored when scoring)
@@ -126,8 +124,7 @@ images, labels = torch.stack(images), torch.stack([cmap.base_label(y, "ignore") 
 with torch.no_grad():
     pred = model(images.to(next(model.parameters()).device)).argmax(1).cpu()
 fig = plot_predictions(images, labels, pred, mean=base.transform.mean, std=base.transform.std)
-fig.savefig(results_dir / "predictions.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "predictions.png")
 
 # %%
 final = float(evals["base_miou"].iloc[-1])

@@ -58,14 +58,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from IPython.display import display
 
 from fss_lab.data.gfss import gfss_query_labels
 from fss_lab.experiments.base_model import BaseModelConfig
 from fss_lab.experiments.gfss import GFSSExperiment, gfss_config_for
 from fss_lab.methods.finetune import create_finetune
 from fss_lab.methods.gfss_prototype import PrototypeGFSS
-from fss_lab.viz import plot_predictions
+from fss_lab.viz import plot_predictions, show
 from fss_lab.viz.results import plot_gfss_scores, plot_shots_curve
 from fss_lab.viz.transductive import iteration_slider
 
@@ -117,8 +116,7 @@ print(shots_table.assign(**{c: shots_table[c].map(pct) for c in ("base", "novel"
 
 # %%
 fig = plot_shots_curve(shots_table, title=f"{DATASET} fold {FOLD}: GFSS mIoU against shots")
-fig.savefig(results_dir / "shots_curve.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "shots_curve.png")
 
 # %% [markdown]
 # ## (b) Last layer vs all layers after the backbone, and (c) the triplet loss (5 shots)
@@ -139,8 +137,7 @@ print(strategy_table.assign(**{c: strategy_table[c].map(pct) for c in ("base", "
 
 # %%
 fig = plot_gfss_scores(strategy_table, title=f"{k_mid}-shot: fine-tuning strategies")
-fig.savefig(results_dir / "strategies.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "strategies.png")
 
 # %% [markdown]
 # ## GFSS predictions of the last-layer fine-tuning
@@ -154,8 +151,7 @@ make_fig = lambda n: plot_predictions(exp.items.image(shown[n])[None], labels[n:
                                       result.predictions[shown[n]][None].long(), mean=exp.base.transform.mean,
                                       std=exp.base.transform.std, titles=[exp.query_dataset.image_id(shown[n])])
 fig = make_fig(0)
-fig.savefig(results_dir / "prediction.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "prediction.png")
 
 # %% tags=["nbval-ignore-output"]
 iteration_slider(make_fig, range(len(shown)), description="query")

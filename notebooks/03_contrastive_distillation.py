@@ -57,7 +57,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from IPython.display import display
 
 from fss_lab.engine.evaluate import evaluate_fss
 from fss_lab.engine.evaluate_episode_gfss import evaluate_episode_gfss
@@ -66,6 +65,7 @@ from fss_lab.experiments.gfss import GFSSExperiment, gfss_config_for
 from fss_lab.methods.binary_finetune import BackgroundAwareFineTuning, BinaryFineTuning
 from fss_lab.methods.gfss_prototype import PrototypeGFSS
 from fss_lab.methods.prototype import PrototypeBaseline
+from fss_lab.viz import show
 from fss_lab.viz.results import plot_gfss_scores
 
 t_start = time.time()
@@ -133,8 +133,7 @@ print(gamma_table.assign(**{c: gamma_table[c].map(pct) for c in ("base", "novel"
 # %%
 fig = plot_gfss_scores(gamma_table.assign(gamma=gamma_table["gamma"].map(lambda g: f"gamma {g:g}")), by="gamma",
                        title=f"{SHOTS}-shot episodes: distillation weight")
-fig.savefig(results_dir / "gamma.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "gamma.png")
 
 # %% [markdown]
 # ## (c) 2-way vs $(|C_{base}|+2)$-way classifier (Table 2), FSS mIoU on the same episodes

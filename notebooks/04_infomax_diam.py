@@ -64,7 +64,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from IPython.display import display
 
 from fss_lab.engine.evaluate import evaluate_fss
 from fss_lab.experiments.base_model import BaseModelConfig
@@ -74,6 +73,7 @@ from fss_lab.methods.finetune import create_finetune
 from fss_lab.methods.gfss_prototype import PrototypeGFSS
 from fss_lab.methods.prototype import PrototypeBaseline
 from fss_lab.methods.repri import RePRI
+from fss_lab.viz import show
 from fss_lab.viz.results import plot_gfss_scores
 from fss_lab.viz.transductive import (iteration_slider, plot_class_proportions, plot_entropy_maps,
                                       plot_prediction_steps)
@@ -144,8 +144,7 @@ print(comparison.assign(**{c: comparison[c].map(pct) for c in ("base", "novel", 
 # %%
 fig = plot_gfss_scores(comparison.assign(method=comparison["method"] + " " + comparison["shots"].astype(str) + "-shot"),
                        title=f"{DATASET} fold {FOLD}: GFSS scores")
-fig.savefig(results_dir / "comparison.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "comparison.png")
 
 # %% [markdown]
 # ## (a) Which terms matter? (1-shot)
@@ -196,8 +195,7 @@ image = exp.items.image(q)
 before, after = method.snapshots[0][0], method.snapshots[ITERATIONS - 1][0]
 fig = plot_entropy_maps(image, before, after, exp.base.transform.mean, exp.base.transform.std,
                         title=f"DIaM, {exp.query_dataset.image_id(q)}: per-pixel entropy before and after")
-fig.savefig(results_dir / "entropy.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "entropy.png")
 
 # %%
 valid = q_label != 255
@@ -208,16 +206,14 @@ novel_share = {name: float(p[cmap.num_base + 1:].mean((1, 2)).sum()) for name, p
 novel_truth = float(truth[cmap.num_base + 1:].sum() / truth.sum())
 print(f"share of this query's pixels given to the novel classes: before inference {pct(novel_share['before'])}%, after "
       f"{pct(novel_share['after'])}%, ground truth {pct(novel_truth)}%")
-fig.savefig(results_dir / "proportions.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "proportions.png")
 
 # %%
 step_predictions = {s: p[0] for s, p in method.snapshot_predictions(tuple(q_label.shape)).items()}
 make_fig = lambda s: plot_prediction_steps(image, step_predictions, q_label, exp.base.transform.mean,  # noqa: E731
                                            exp.base.transform.std, cmap.num_classes, s)
 fig = make_fig(ITERATIONS - 1)  # the plain-function twin of the slider below
-fig.savefig(results_dir / "prediction_steps.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "prediction_steps.png")
 
 # %% tags=["nbval-ignore-output"]
 iteration_slider(make_fig, steps, description="iteration")
