@@ -131,6 +131,51 @@ final = float(evals["base_miou"].iloc[-1])
 lines = [f"{DATASET} fold {FOLD} base model ({NOVEL_POLICY}, {'QUICK' if QUICK else 'full'}): base mIoU {100 * final:.1f} "
          f"after {len(steps)} iterations"]
 print(lines[0])
-(results_dir / "results.json").write_text(json.dumps({
+_ = (results_dir / "results.json").write_text(json.dumps({  # `_ =`: no stray byte count under the cell
     "notebook": "01_base_training", "dataset": DATASET, "fold": FOLD, "base_miou": final, "summary_lines": lines,
     "seconds": round(time.time() - t_start, 1)}, indent=2))
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1 · Change a parameter, predict first.** Re-run with `NOVEL_POLICY = "background"` (and then
+# `"drop"`). Before running: will the base mIoU on val go up or down, and what will the model now predict on the
+# novel objects in the prediction figure? The checkpoint name includes the policy, so nothing is overwritten.
+#
+# <details><summary>Hint</summary>
+#
+# With `"background"` the loss teaches "novel objects are background", which is what BAM's base learners do and
+# what DIaM's distillation relies on (notebook 04, section e); with `"ignore"` novel pixels give no gradient, so
+# the model tends to call them whichever base class looks closest. `"drop"` removes training images, so there are fewer
+# of them: compare the image counts printed under "The three policies on one training image".
+# </details>
+#
+# **Exercise 2 · Read a figure.** In the training curves, is the validation mIoU still rising at the last logged
+# step? What would you change to find out whether the model is under-trained, and where is it set?
+#
+# <details><summary>Hint</summary>
+#
+# Compare the last two logged mIoU values in the curves figure (and the printed table). `QUICK=True` trains only
+# the head on cached frozen features; the iteration count is in `RECIPES["quick"]` of
+# `fss_lab/experiments/base_model.py`, and `BaseModelConfig(..., overrides={"iterations": ...})` changes it.
+# </details>
+#
+# **Exercise 3 · Implement a variant.** Set `CONTRASTIVE_WEIGHT = 0.1` (seed 002's pixel contrastive term) and
+# compare per-class IoU with the plain cross-entropy run. Then write down, before looking at notebook 03, which
+# score you expect the contrastive term to improve: base mIoU here, or novel mIoU after fine-tuning?
+#
+# <details><summary>Hint</summary>
+#
+# The report's claim is about the **novel** classes: a more clustered embedding should make the few support
+# pixels of an unseen class easier to separate. Base mIoU may not move. Notebook 03 (a) measures both.
+# </details>
+#
+# **Exercise 4 · The protocol matters.** In the first figure, count the pixels that each policy turns into 255,
+# into 0, or removes. Which of the three conventions would make a base-class mIoU computed on val *higher* for the
+# same network, and why is that not a fair comparison between papers?
+#
+# <details><summary>Hint</summary>
+#
+# The scoring here ignores novel pixels, so it is the same for all policies; papers differ in whether the
+# background class counts in base mIoU (GFS-Seg: yes; DIaM: no). See the protocol card in `datasets/README.md`.
+# </details>

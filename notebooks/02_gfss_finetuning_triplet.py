@@ -149,7 +149,8 @@ shown = list(result.predictions)[:12]
 labels = gfss_query_labels(exp.items, shown, cmap)
 make_fig = lambda n: plot_predictions(exp.items.image(shown[n])[None], labels[n:n + 1],  # noqa: E731
                                       result.predictions[shown[n]][None].long(), mean=exp.base.transform.mean,
-                                      std=exp.base.transform.std, titles=[exp.query_dataset.image_id(shown[n])])
+                                      std=exp.base.transform.std, titles=[exp.query_dataset.image_id(shown[n])],
+                                      class_names=exp.class_names)
 fig = make_fig(0)
 show(fig, results_dir / "prediction.png")
 
@@ -190,3 +191,44 @@ print("\nCaveats: QUICK = a base model with a frozen backbone trained for minute
     "shots": shots_table.to_dict("records"), "strategies": strategy_table.to_dict("records"),
     "summary_lines": lines, "seconds": round(time.time() - t_start, 1)}, indent=2, default=float))
 print(f"notebook finished in {time.time() - t_start:.0f} s")
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1 · Change a parameter, predict first.** Set `TRIPLET_WEIGHT = 0.0` and then `1.0`. Which of base
+# and novel mIoU do you expect to move, and in which direction? Then check the strategies table.
+#
+# <details><summary>Hint</summary>
+#
+# The triplet term acts on pixel embeddings after the backbone, so it only has something to change when those
+# layers are trained: compare its effect with "last layer" and "all layers after the backbone". A weight of 1.0
+# competes with the cross-entropy for the same few support pixels.
+# </details>
+#
+# **Exercise 2 · Read a figure.** In the shots curve, does the prototype baseline saturate while fine-tuning keeps
+# rising, as the paper claims? Read the three points of each line before reading the verdict cell.
+#
+# <details><summary>Hint</summary>
+#
+# With one run of a few dozen queries (`QUICK`), differences of a couple of points are within run-to-run noise;
+# the verdict cell prints the measured differences. `N_RUNS` and `MAX_QUERIES` control the noise.
+# </details>
+#
+# **Exercise 3 · Implement a variant.** Fine-tuning here uses a fixed number of steps (`STEPS_LAST`). Implement
+# early stopping on the support loss: stop when it has not fallen by 1% over 10 steps. Do novel classes need
+# fewer steps than base classes?
+#
+# <details><summary>Hint</summary>
+#
+# Look at the fine-tuning loop in `fss_lab/methods/finetune.py`. A copy of the method with a `patience` argument
+# is enough; evaluate it with `exp.evaluate` like the methods above.
+# </details>
+#
+# **Exercise 4 · Read a figure.** Use the query slider: find a query where a novel class is predicted on pixels of
+# a base class (or the reverse). Which legend entries are involved?
+#
+# <details><summary>Hint</summary>
+#
+# The legend names every class present in the ground truth or the prediction. Confusions between a base and a
+# novel class that share a shape or a texture are what the triplet loss is meant to push apart.
+# </details>
