@@ -123,7 +123,7 @@ images, labels = zip(*(base.transform(*val_ds.load(n)) for n in range(4)))
 images, labels = torch.stack(images), torch.stack([cmap.base_label(y, "ignore") for y in labels])
 with torch.no_grad():
     pred = model(images.to(next(model.parameters()).device)).argmax(1).cpu()
-fig = plot_predictions(images, labels, pred, mean=base.transform.mean, std=base.transform.std)
+fig = plot_predictions(images, labels, pred, mean=base.transform.mean, std=base.transform.std, class_names=names)
 show(fig, results_dir / "predictions.png")
 
 # %%

@@ -237,7 +237,7 @@ show(fig, results_dir / "proportions.png")
 kl = method.history["kl"][:, 0]  # the KL-to-prior term at every step, for this query (before the step's update)
 loss = method.history["loss"][:, 0]
 print("step   KL(p_hat || pi)   share of the loss")
-for step in sorted({0, 1, 9, 10, 11, 50, ITERATIONS - 1}):
+for step in sorted(s for s in {0, 1, 9, 10, 11, 50, ITERATIONS - 1} if s < len(kl)):
     print(f"{step:>4}   {kl[step].item():.2e}          {kl[step].item() / max(loss[step].item(), 1e-12):.1e}")
 
 # %%
