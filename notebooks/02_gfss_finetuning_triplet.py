@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 02 · Generalized FSS: all you need is fine-tuning (+ a triplet loss)
 #
-# *Myers-Dean, Zhao, Price, Cohen, Reddy — "Generalized Few-Shot Semantic Segmentation: All You Need is
+# *Myers-Dean, Zhao, Price, Cohen, Gurari — "Generalized Few-Shot Semantic Segmentation: All You Need is
 # Fine-Tuning", arXiv 2112.10982.*
 #
 # Two stages: (1) train a segmentation model on the base classes (notebook 01); (2) freeze the backbone and
