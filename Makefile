@@ -55,11 +55,17 @@ test-browser: env
 	TQDM_DISABLE=1 $(BIN)/python -m pytest -m browser tests/browser
 
 # The lowest versions pyproject.toml allows (each `>=X` pinned to X; torch/torchvision keep the CI pins), in a
-# separate venv, then the fast tests. Not run by CI on every submission.
+# separate venv, then the fast tests. Not run by CI on every submission. TORCH_FROM=<site-packages of an existing
+# install of the CI pins> reuses that torch instead of downloading it again (a .pth file appends it to sys.path;
+# everything pinned here is installed into the new venv and shadows it).
 LOWEST_VENV ?= .venv-lowest
+TORCH_FROM ?=
 test-lowest:
+	rm -rf $(LOWEST_VENV)
 	$(PYTHON) -m venv $(LOWEST_VENV)
 	$(LOWEST_VENV)/bin/pip install --quiet --upgrade pip
+	@if [ -n "$(TORCH_FROM)" ]; then \
+		echo "$(abspath $(TORCH_FROM))" > $$($(LOWEST_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_torch_from.pth; fi
 	$(LOWEST_VENV)/bin/python .ci/lowest_constraints.py pyproject.toml > $(LOWEST_VENV)/lowest.txt
 	cat constraints.txt >> $(LOWEST_VENV)/lowest.txt
 	$(LOWEST_VENV)/bin/pip install --quiet -c $(LOWEST_VENV)/lowest.txt -e ".[dev]"

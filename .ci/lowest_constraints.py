@@ -1,11 +1,11 @@
 """Print pip constraints pinning every ``>=X`` floor of pyproject.toml (core and extras) to ``==X``.
 
-Used by ``make test-lowest``; torch and torchvision are left out (CI pins them in constraints.txt).
+Used by ``make test-lowest`` in a bare venv (standard library only); torch and torchvision are left out (CI pins
+them in constraints.txt).
 """
+import re
 import sys
 import tomllib
-
-from packaging.requirements import Requirement
 
 SKIP = {"torch", "torchvision"}
 
@@ -15,10 +15,10 @@ def main(path: str) -> None:
     project = tomllib.loads(open(path, "rb").read().decode())["project"]
     reqs = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values() for r in extra]
     for line in reqs:
-        req = Requirement(line)
-        floors = [s.version for s in req.specifier if s.operator == ">="]
-        if floors and req.name not in SKIP:
-            print(f"{req.name}=={floors[0]}")
+        name = re.match(r"\s*([A-Za-z0-9._-]+)", line).group(1)
+        floor = re.search(r">=\s*([0-9][0-9A-Za-z.]*)", line)
+        if floor and name.lower() not in SKIP:
+            print(f"{name}=={floor.group(1)}")
 
 
 if __name__ == "__main__":
