@@ -1,8 +1,9 @@
 """The quickstart in a real JupyterLab (headless Chromium): run all cells, then check what a student sees.
 
 Asserts: no error output; the figures are ``<img>`` elements (one per figure the notebook shows); the episode
-browser widget renders (not "Loading widget...") and moving its slider changes its image; and the saved notebook,
-after the nbstripout filter, is byte-identical to the committed one (opening and running leaves git clean).
+browser widget renders (not "Loading widget...") and moving its slider changes its image; the exercise hints are
+collapsed ``<details>``; and the saved notebook, after the nbstripout filter, is byte-identical to the committed
+one (opening and running leaves git clean). Screenshots land in ``results/tests/browser/``.
 """
 from __future__ import annotations
 
@@ -104,7 +105,14 @@ def test_quickstart_in_jupyterlab(lab, browser):
     assert float(handle.get_attribute("aria-valuenow")) == 1
     page.screenshot(path=str(ARTIFACTS / f"{name}_widget_after.png"))
 
-    # 4. opening and running leaves git clean: the saved pair, through the filters, equals the committed files
+    # 4. the exercises' hints are collapsed <details> elements (Lab's sanitizer keeps them)
+    hints = page.locator(".jp-MarkdownOutput details")
+    assert hints.count() >= 3, "exercise hints should render as <details>"
+    assert not hints.first.evaluate("d => d.open"), "hints must start hidden"
+    hints.last.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / f"{name}_exercises.png"))
+
+    # 5. opening and running leaves git clean: the saved pair, through the filters, equals the committed files
     (ARTIFACTS / f"{name}.saved.ipynb").write_text((lab.root / f"{name}.ipynb").read_text())
     assert _stripped(lab.root / f"{name}.ipynb") == (REPO / "notebooks" / f"{name}.ipynb").read_text(), \
         "the notebook Lab saved differs from the committed one after nbstripout (metadata written on open?)"
