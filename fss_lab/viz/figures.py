@@ -231,7 +231,7 @@ def plot_predictions(
         if class_names is not None and labels:
             names = {k: class_names[k] if k < len(class_names) else f"class {k}" for k in labels}
             fig.legend(handles=_legend_handles(labels, colors, names, bool((~valid[:n]).any())), loc="outside lower center",
-                       ncol=min(len(labels) + 1, 4), frameon=False, fontsize=8)
+                       ncol=min(len(labels) + 1, max(2, 2 * n)), frameon=False, fontsize=8)
         if suptitle:
             fig.suptitle(suptitle)
     return fig
