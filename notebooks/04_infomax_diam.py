@@ -179,7 +179,9 @@ print(f"'no KL to prior' vs 'all four terms': largest score difference {100 * di
 
 # %% [markdown]
 # ## (b) The prior $\pi$
-# Only the KL term (weight 1) sees the prior, so priors change scores only as much as that term does: see (a).
+# The prior enters only through the KL term (weight 1, against 100 for the support CE and the distillation). The
+# cell after the table prints how far "uniform" lands from "self" in this run; "image-level" and "oracle" differ in
+# kind: they know which classes the query holds and push probability off the absent ones.
 # "self": the initial model's own marginal, re-estimated once after iteration 10 (default); "uniform": $1/C$;
 # "image-level": self-estimate restricted to the classes present in the query (needs image-level labels);
 # "oracle": the true class proportions of the query (an upper bound, not a usable method).
