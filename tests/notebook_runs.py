@@ -8,6 +8,56 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_RESULTS: list[dict] = []  # filled by notebook tests, printed at the end of the run
 RESULTS_ROOT = REPO / "results" / "tests"
 
+# How many figures each notebook shows inline (one image/png output per viz.show call or displayed figure; the
+# widgets' images live in widget state, not in outputs). A notebook that shows a figure as the text
+# "<Figure size ...>" instead of an image fails `assert_shows_figures`.
+EXPECTED_IMAGES = {
+    "00_quickstart": 4,  # episode, per-class IoU, two predictions
+    "01_base_training": 2,  # curves, predictions
+    "02_gfss_finetuning_triplet": 3,  # shots curve, strategies, prediction
+    "03_contrastive_distillation": 1,  # gamma
+    "04_infomax_diam": 4,  # comparison, entropy, proportions, prediction steps
+}
+
+
+def output_counts(executed: Path) -> dict:
+    """Count, over the code cells of an executed notebook: ``image/png`` outputs, figures printed as text
+    (``<Figure size ...>``), error outputs and stderr streams that show a frozen tqdm bar."""
+    import json
+
+    nb = json.loads(Path(executed).read_text())
+    counts = {"image/png": 0, "figure_as_text": 0, "error": 0, "tqdm_bar": 0}
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            counts["image/png"] += "image/png" in data
+            text = "".join(data.get("text/plain", "")) if isinstance(data.get("text/plain"), list) \
+                else str(data.get("text/plain", ""))
+            counts["figure_as_text"] += text.startswith("<Figure size")
+            counts["error"] += out.get("output_type") == "error"
+            stream = "".join(out.get("text", "")) if out.get("output_type") == "stream" else ""
+            # tqdm draws "  0%|          | 0/200": in stderr (tqdm.std) or as a widget's text/plain (tqdm.notebook)
+            counts["tqdm_bar"] += "%|" in stream or "%|" in text
+    return counts
+
+
+# The evaluation loops (fss_lab/engine/evaluate*.py) still pass ``disable=not progress`` to tqdm, which overrides
+# TQDM_DISABLE; set this to True once they call fss_lab.progress.progress_bar (then executed notebooks hold no bars).
+CHECK_NO_BARS = False
+
+
+def assert_shows_figures(executed: Path, name: str, check_bars: bool = CHECK_NO_BARS) -> dict:
+    """Assert an executed notebook holds exactly its expected number of inline images, no figure printed as text
+    and no error output (and, with ``check_bars``, no tqdm bar: tests run with TQDM_DISABLE=1); return the counts."""
+    counts = output_counts(executed)
+    expected = EXPECTED_IMAGES[name]
+    assert counts["figure_as_text"] == 0, f"{name}: {counts['figure_as_text']} figures shown as '<Figure size ...>' text"
+    assert counts["image/png"] == expected, f"{name}: {counts['image/png']} image/png outputs, expected {expected}"
+    assert counts["error"] == 0, f"{name}: {counts['error']} error outputs"
+    if check_bars:
+        assert counts["tqdm_bar"] == 0, f"{name}: {counts['tqdm_bar']} progress bars although TQDM_DISABLE=1"
+    return counts
+
 
 def run_notebook(name: str, tag: str, parameters: dict) -> tuple[Path, dict]:
     """Execute ``notebooks/<name>.ipynb`` with papermill into ``results/tests/<tag>/`` and return
@@ -33,7 +83,8 @@ def run_notebook(name: str, tag: str, parameters: dict) -> tuple[Path, dict]:
         import json
 
         results = json.loads((out_dir / "results.json").read_text())
-    NOTEBOOK_RESULTS.append({"notebook": name, "run": tag, "wall_s": round(time.time() - t0, 1), **results})
+    NOTEBOOK_RESULTS.append({"notebook": name, "run": tag, "wall_s": round(time.time() - t0, 1),
+                             "images": output_counts(executed)["image/png"], "bars": output_counts(executed)["tqdm_bar"], **results})
     return executed, results
 
 
@@ -45,7 +96,8 @@ def write_summary(terminalreporter) -> None:
     tr.section("notebook results (measured in this run)")
     for r in NOTEBOOK_RESULTS:
         if r.get("summary_lines"):
-            tr.write_line(f"{r['notebook']} [{r['run']}] dataset={r.get('dataset')} fold={r.get('fold')} ({r['wall_s']} s)")
+            tr.write_line(f"{r['notebook']} [{r['run']}] dataset={r.get('dataset')} fold={r.get('fold')} "
+                          f"images={r['images']} bars={r['bars']} ({r['wall_s']} s)")
             for line in r["summary_lines"]:
                 tr.write_line(f"    {line}")
             continue
@@ -56,5 +108,5 @@ def write_summary(terminalreporter) -> None:
         )
         tr.write_line(
             f"{r['notebook']} [{r['run']}] dataset={r.get('dataset')} fold={r.get('fold')} "
-            f"protocol={r.get('protocol')} episodes={r.get('n_episodes')}: {shots}  ({r['wall_s']} s)"
+            f"protocol={r.get('protocol')} episodes={r.get('n_episodes')}: {shots}  images={r['images']} bars={r['bars']} ({r['wall_s']} s)"
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import camvid_root
-from tests.notebook_runs import REPO, run_notebook
+from tests.notebook_runs import EXPECTED_IMAGES, REPO, assert_shows_figures, output_counts, run_notebook
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -35,9 +35,26 @@ def test_paired_with_jupytext_source(path):
     assert a == b, f"{path.name} and {source.name} differ: run `jupytext --sync {source}`"
 
 
+def test_every_notebook_has_an_expected_image_count():
+    assert set(EXPECTED_IMAGES) == {p.stem for p in NOTEBOOKS}
+
+
+def test_output_counts_sees_images_and_figures_printed_as_text(tmp_path):
+    nb = {"cells": [
+        {"cell_type": "code", "outputs": [{"output_type": "display_data", "data": {"image/png": "iVBO", "text/plain": "<Image>"}}]},
+        {"cell_type": "code", "outputs": [{"output_type": "display_data", "data": {"text/plain": "<Figure size 1000x340 with 4 Axes>"}}]},
+        {"cell_type": "code", "outputs": [{"output_type": "stream", "name": "stderr", "text": "bar:   0%|          | 0/200 [00:00<?, ?it/s]"}]},
+        {"cell_type": "markdown", "source": "x"},
+    ]}
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb))
+    assert output_counts(path) == {"image/png": 1, "figure_as_text": 1, "error": 0, "tqdm_bar": 1}
+
+
 @pytest.mark.notebook
 def test_quickstart_on_default_data_and_reproducible_under_nbval():
     executed, results = run_notebook("00_quickstart", "quickstart_synthetic", {"QUICK": True})
+    assert_shows_figures(executed, "00_quickstart")
     assert results["dataset"] == "synthetic" and set(results["miou"]) == {"1", "5"}
     for k, v in results["miou"].items():
         assert 0.0 < v < 1.0, f"{k}-shot mIoU {v} is not a plausible score"
@@ -57,10 +74,11 @@ def test_quickstart_on_default_data_and_reproducible_under_nbval():
 @pytest.mark.parametrize("fold", [0, 1])
 def test_quickstart_on_camvid(fold):
     root = camvid_root()
-    _, results = run_notebook(
+    executed, results = run_notebook(
         "00_quickstart", f"quickstart_camvid_fold{fold}",
         {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root), "FOLD": fold},
     )
+    assert_shows_figures(executed, "00_quickstart")
     assert results["protocol"] == "cross_group"
     for k, v in results["miou"].items():
         assert 0.0 < v < 1.0, f"CamVid fold {fold} {k}-shot mIoU {v} is not a plausible score"
@@ -68,7 +86,8 @@ def test_quickstart_on_camvid(fold):
 
 @pytest.mark.notebook
 def test_infomax_diam_notebook_on_default_data():
-    _, results = run_notebook("04_infomax_diam", "infomax_diam_synthetic", {"QUICK": True})
+    executed, results = run_notebook("04_infomax_diam", "infomax_diam_synthetic", {"QUICK": True})
+    assert_shows_figures(executed, "04_infomax_diam")
     methods = {r["method"] for r in results["comparison"]}
     assert methods == {"prototype", "fine-tuning", "DIaM"}
     for row in results["comparison"] + results["ablation"] + results["priors"]:
@@ -81,13 +100,15 @@ def test_infomax_diam_notebook_on_default_data():
 
 @pytest.mark.notebook
 def test_base_training_notebook_on_default_data():
-    _, results = run_notebook("01_base_training", "base_training_synthetic", {"QUICK": True})
+    executed, results = run_notebook("01_base_training", "base_training_synthetic", {"QUICK": True})
+    assert_shows_figures(executed, "01_base_training")
     assert 0.3 < results["base_miou"] <= 1.0, "a QUICK base model must learn the base classes"
 
 
 @pytest.mark.notebook
 def test_gfss_finetuning_notebook_on_default_data():
-    _, results = run_notebook("02_gfss_finetuning_triplet", "finetuning_synthetic", {"QUICK": True})
+    executed, results = run_notebook("02_gfss_finetuning_triplet", "finetuning_synthetic", {"QUICK": True})
+    assert_shows_figures(executed, "02_gfss_finetuning_triplet")
     assert {r["shots"] for r in results["shots"]} == {1, 5, 10}
     assert len(results["strategies"]) == 3
     for row in results["shots"] + results["strategies"]:
@@ -96,7 +117,8 @@ def test_gfss_finetuning_notebook_on_default_data():
 
 @pytest.mark.notebook
 def test_contrastive_distillation_notebook_on_default_data():
-    _, results = run_notebook("03_contrastive_distillation", "contrastive_synthetic", {"QUICK": True})
+    executed, results = run_notebook("03_contrastive_distillation", "contrastive_synthetic", {"QUICK": True})
+    assert_shows_figures(executed, "03_contrastive_distillation")
     assert len(results["pretraining"]) == 2 and len(results["gamma"]) == 4 and len(results["heads"]) == 2
 
 
@@ -104,6 +126,7 @@ def test_contrastive_distillation_notebook_on_default_data():
 @pytest.mark.camvid
 def test_gfss_finetuning_notebook_on_camvid_fold0():
     root = camvid_root()
-    _, results = run_notebook("02_gfss_finetuning_triplet", "finetuning_camvid_fold0",
-                              {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root), "FOLD": 0, "SHOTS": [1, 5]})
+    executed, results = run_notebook("02_gfss_finetuning_triplet", "finetuning_camvid_fold0",
+                                     {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root), "FOLD": 0, "SHOTS": [1, 5]})
+    assert_shows_figures(executed, "02_gfss_finetuning_triplet")
     assert {r["shots"] for r in results["shots"]} == {1, 5}

@@ -38,3 +38,30 @@ def test_transductive_figures():
     assert isinstance(plot_prediction_steps(image, preds, preds[5], (0.5,) * 3, (0.5,) * 3, 3, 5), Figure)
     with pytest.raises(KeyError, match="stored"):
         plot_prediction_steps(image, preds, preds[5], (0.5,) * 3, (0.5,) * 3, 3, 7)
+
+
+def _legend_texts(fig):
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def test_multiclass_figures_name_their_colours_in_a_legend():
+    from fss_lab.viz import plot_predictions
+
+    image = torch.zeros(3, 8, 8)
+    target = torch.zeros(8, 8, dtype=torch.long)
+    target[:4] = 2
+    target[0, 0] = 255
+    pred = torch.zeros(8, 8, dtype=torch.long)
+    pred[4:] = 3
+    names = ["background", "road", "car", "sign"]
+    fig = plot_prediction_steps(image, {9: pred}, target, (0.5,) * 3, (0.5,) * 3, 4, 9, class_names=names)
+    assert _legend_texts(fig) == ["car", "sign", "ignore"]  # present labels only; background untinted
+    assert _legend_texts(plot_prediction_steps(image, {9: pred}, target, (0.5,) * 3, (0.5,) * 3, 4, 9)) == []
+    fig = plot_predictions(image[None], target[None], pred[None], mean=None, std=None, class_names=names)
+    assert _legend_texts(fig) == ["car", "sign", "ignore"]
+
+
+def test_class_proportions_leave_out_classes_absent_everywhere():
+    fig = plot_class_proportions({"pred": torch.tensor([0.0, 0.7, 0.3]), "truth": torch.tensor([0.0, 0.5, 0.5])},
+                                 ["background", "road", "car"])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["road", "car"]

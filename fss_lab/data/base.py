@@ -24,8 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IGNORE_INDEX = 255
-BACKGROUND = 0
+from ..labels import BACKGROUND, IGNORE_INDEX  # noqa: F401  (re-exported: the dataset convention)
 #: EXIF tag of the orientation (1 = as stored; 5-8 = transposed, i.e. width and height swap when displayed).
 EXIF_ORIENTATION = 0x0112
 

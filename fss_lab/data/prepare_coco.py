@@ -134,11 +134,9 @@ def write_list(images: Iterable[dict], list_path: str | Path, image_dir: str, ma
 def _progress(items, enabled: bool, desc: str):
     if not enabled:
         return items
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return items
-    return tqdm(items, desc=desc)
+    from ..progress import progress_bar
+
+    return progress_bar(items, desc=desc)
 
 
 def _relative(path: Path, root: Path, flag: str) -> str:

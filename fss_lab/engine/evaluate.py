@@ -21,7 +21,6 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ..checks import check_finite
 from ..data.class_maps import GFSSClassMap
@@ -33,6 +32,7 @@ from ..methods.base import Method, UnsupportedTaskError
 from ..methods.registry import list_methods
 from ..methods.task import LabelSpace, Task
 from ..metrics import FSSMeter, GFSSMeter, gfss_summary
+from ..progress import progress_bar
 
 #: GFSS score columns of :meth:`Result.summary` (fractions in [0, 1]).
 SCORE_KEYS = ("base", "novel", "mean", "harmonic", "base_miou", "base_miou_with_bg", "novel_miou", "all_miou",
@@ -263,7 +263,7 @@ def evaluate_fss(method: Method, episodes: EpisodeList, query_items: Transformed
         ids = [t.meta["class_id"] for t in group.tasks]
         episode_iou.extend(meter.update_batch(torch.stack(preds), torch.stack(group.labels), ids).tolist())
 
-    bar = tqdm(total=len(episodes), desc=f"{method.name} {shots}-shot", disable=not progress)
+    bar = progress_bar(total=len(episodes), desc=f"{method.name} {shots}-shot", progress=progress)
     groups = fss_task_groups(method, episodes, query_items, support_items, q_caches, s_caches, device=device,
                              batch_episodes=batch_episodes)
     kept = evaluate_tasks(method, groups, score, keep_predictions=keep_predictions, bar=bar)
@@ -350,7 +350,7 @@ def evaluate_gfss(method: Method, run: GFSSRun, features, items: TransformedItem
 
     groups = gfss_task_groups(method, run, items, support_items, caches, s_caches, device=device,
                               batch_size=batch_size)
-    bar = tqdm(total=-(-len(run.query) // batch_size), desc=f"{method.name} run {run.run}", disable=not progress)
+    bar = progress_bar(total=-(-len(run.query) // batch_size), desc=f"{method.name} run {run.run}", progress=progress)
     kept = evaluate_tasks(method, groups, score, keep_predictions=keep_predictions, bar=bar)
     raw = meter.scores()
     base = raw["base_miou_with_bg"] if run.protocol == "gfs-seg" else raw["base_miou"]
@@ -464,7 +464,7 @@ def evaluate_episode_gfss(method: Method, episodes: EpisodeList, items: Transfor
         fg_true = (q_label == nb + 1).long().masked_fill(q_label == IGNORE_INDEX, IGNORE_INDEX)
         novel_meter.update((pred == nb + 1).long(), fg_true, group.tasks[0].meta["class_id"])
 
-    bar = tqdm(total=len(episodes), desc=f"{method.name} episodes", disable=not progress)
+    bar = progress_bar(total=len(episodes), desc=f"{method.name} episodes", progress=progress)
     groups = episode_gfss_task_groups(method, episodes, items, caches, class_map, support_items, s_caches,
                                       device=device)
     kept = evaluate_tasks(method, groups, score, keep_predictions=keep_predictions, bar=bar)

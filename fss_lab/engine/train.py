@@ -26,12 +26,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
 from ..checks import check_finite
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 from ..losses.segmentation import pspnet_loss
 from ..metrics import intersection_and_union
+from ..progress import progress_bar
 from .checkpoint import (CheckpointError, checkpoint_lock, load_checkpoint, read_checkpoint, rng_states,
                          save_checkpoint, set_rng_states, stale_temp_files)
 from .device import resolve_device
@@ -222,7 +222,7 @@ def _feature_bank(model: nn.Module, dataset, flips: bool, device: torch.device, 
     feats: list[list[torch.Tensor]] = [[] for _ in range(1 + flips)]
     labels: list[list[torch.Tensor]] = [[] for _ in range(1 + flips)]
     model.eval()
-    for start in tqdm(range(0, len(dataset), batch), desc=desc, disable=not show, leave=False):
+    for start in progress_bar(range(0, len(dataset), batch), progress=show, desc=desc, leave=False):
         xs, ys = zip(*(plain(i) for i in range(start, min(start + batch, len(dataset)))))
         x, y = torch.stack(xs), torch.stack(ys).to(torch.uint8)
         for v, (xv, yv) in enumerate([(x, y), (x.flip(-1), y.flip(-1))][:1 + flips]):
@@ -420,7 +420,7 @@ def train_base(model: nn.Module, train_set, val_set=None, config: TrainConfig | 
                                 extra={"rng_per_rank": rngs, "world_size": ctx.world_size})
                 log.info("checkpoint saved at iteration %d to %s", it, checkpoint_path)
 
-        bar = tqdm(total=total, initial=start, desc="base training", disable=not (progress and main))
+        bar = progress_bar(total=total, initial=start, desc="base training", progress=progress and main)
         running = history.steps[-1]["loss"] if history.steps else None
         t0, it, k = time.perf_counter(), start, config.loss_stride
         while it < total:

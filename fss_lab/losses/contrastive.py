@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 
 _NEG_FILL = -1e30  # finite "minus infinity" for masked logits: exp() is exactly 0, gradients stay finite
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 
 __all__ = [
     "EPS", "valid_mean", "one_hot", "support_background_weight", "fold_base_into_background",

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 
 
 def _check(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 
 MINING = ("batch_hard", "random")
 DISTANCES = ("cosine", "euclidean")

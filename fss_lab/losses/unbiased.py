@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 
 
 def binary_class_weights(target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

@@ -5,7 +5,8 @@ import operator
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+
+from ..progress import progress_bar
 
 from ..checks import check_finite
 
@@ -155,8 +156,7 @@ class FeatureCache:
         if not todo:
             return set()
         pending: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
-        quiet = {} if progress else {"disable": True}  # leave `disable` unset so TQDM_DISABLE=1 still applies
-        with tqdm(total=len(todo), desc="features", unit="img", **quiet) as bar:
+        with progress_bar(total=len(todo), desc="features", unit="img", progress=progress) as bar:
             for i in todo:
                 img = self._load(i)
                 group = pending.setdefault(tuple(img.shape), [])

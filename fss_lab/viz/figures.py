@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 from ..data.episode import IMAGENET_MEAN, IMAGENET_STD, Episode
 from ..metrics import intersection_and_union, iou_from_stats
 from .overlays import IGNORE_COLOR, denormalize, label_colors, overlay_mask
@@ -180,6 +180,7 @@ def plot_predictions(
     alpha: float = 0.5,
     ignore_index: int = IGNORE_INDEX,
     suptitle: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Figure:
     """A grid for several queries: one column per query, rows image / ground truth / prediction (with IoU).
 
@@ -190,6 +191,8 @@ def plot_predictions(
         predictions: predicted labels ``[N, H, W]``.
         titles: optional column titles (e.g. image ids), length ``>= min(N, max_items)``.
         max_items: at most this many columns.
+        class_names: names in label order (``class_names[k]`` names label ``k``; index 0 is background): adds a
+            legend of the labels present in the ground truth or prediction (multi-class GFSS figures need it).
 
     Returns:
         Figure with ``3 * min(N, max_items)`` axes.
@@ -225,6 +228,10 @@ def plot_predictions(
             axes[2, j].set_xlabel(f"IoU {iou:.2f}" if iou == iou else "IoU n/a")
         for r, name in enumerate(("image", "ground truth", "prediction")):
             axes[r, 0].set_ylabel(name, fontsize=10)
+        if class_names is not None and labels:
+            names = {k: class_names[k] if k < len(class_names) else f"class {k}" for k in labels}
+            fig.legend(handles=_legend_handles(labels, colors, names, bool((~valid[:n]).any())), loc="outside lower center",
+                       ncol=min(len(labels) + 1, max(2, 2 * n)), frameon=False, fontsize=8)
         if suptitle:
             fig.suptitle(suptitle)
     return fig

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..data.base import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 
 __all__ = ["denormalize", "label_colors", "image_to_hwc", "overlay_mask", "BACKGROUND_COLOR", "IGNORE_COLOR"]
 

@@ -54,6 +54,8 @@ def plot_class_proportions(proportions: dict[str, np.ndarray | torch.Tensor], cl
                            title: str = "predicted class proportions", top: int = 12) -> Figure:
     """Grouped bars of class proportions (e.g. before / after inference / ground truth) for one query or a set.
 
+    Classes at 0 in every series are left out (e.g. "background" on CamVid, which has no background pixels).
+
     Args:
         proportions: ``{series name: [C] proportions summing to 1}``.
         class_names: ``C`` names in label order.
@@ -64,7 +66,7 @@ def plot_class_proportions(proportions: dict[str, np.ndarray | torch.Tensor], cl
     """
     names = list(proportions)
     values = np.stack([np.asarray(torch.as_tensor(v).float().cpu()) for v in proportions.values()])
-    order = np.argsort(-values.max(0))[:top]
+    order = [i for i in np.argsort(-values.max(0))[:top] if values[:, i].max() > 0] or [int(np.argmax(values.max(0)))]
     fig = Figure(figsize=(max(6, 0.7 * len(order) + 2), 3.6), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(names)
@@ -81,7 +83,8 @@ def plot_class_proportions(proportions: dict[str, np.ndarray | torch.Tensor], cl
 
 
 def plot_prediction_steps(image: torch.Tensor, predictions: dict[int, torch.Tensor], target: torch.Tensor,
-                          mean, std, num_classes: int, step: int) -> Figure:
+                          mean, std, num_classes: int, step: int, class_names: Sequence[str] | None = None,
+                          ignore_index: int = 255) -> Figure:
     """Query, ground truth and the prediction stored at iteration ``step`` (the plain twin of
     :func:`iteration_slider`).
 
@@ -89,6 +92,8 @@ def plot_prediction_steps(image: torch.Tensor, predictions: dict[int, torch.Tens
         image: normalised ``[3, H, W]``; predictions: ``{step: labels [H, W]}``; target: labels ``[H, W]``.
         num_classes: ``C`` (for the colours).
         step: a key of ``predictions``.
+        class_names: ``C`` names in label order: adds a legend of the labels in the ground truth or this step's
+            prediction (background, label 0, is left untinted and out of the legend).
 
     Raises:
         KeyError: ``step`` was not stored (names the stored ones).
@@ -105,6 +110,15 @@ def plot_prediction_steps(image: torch.Tensor, predictions: dict[int, torch.Tens
         ax.imshow(img)
         ax.set_title(name)
         ax.set_axis_off()
+    if class_names is not None:
+        from .figures import _legend_handles
+
+        tgt, pred = np.asarray(torch.as_tensor(target).cpu()), np.asarray(torch.as_tensor(predictions[step]).cpu())
+        labels = sorted({int(v) for v in np.unique(np.concatenate([tgt[tgt != ignore_index], pred.ravel()]))} - {0})
+        names = {k: class_names[k] for k in labels if k < len(class_names)}
+        if labels:
+            fig.legend(handles=_legend_handles(labels, colors, names, bool((tgt == ignore_index).any())),
+                       loc="outside lower center", ncol=min(len(labels) + 1, 6), frameon=False, fontsize=8)
     return fig
 
 

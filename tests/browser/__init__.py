@@ -1,0 +1,1 @@
+"""Real-browser tests: JupyterLab from the venv driven by Debian's Chromium through Playwright (marker ``browser``)."""
