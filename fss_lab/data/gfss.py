@@ -214,42 +214,19 @@ def gfss_runs(
             a class with no support candidate
             (the message gives the counts per rule and the fix); no query left.
     """
-    if shots < 1 or n_runs < 1 or base_shots < 0 or (max_queries is not None and max_queries < 1):
-        raise ValueError(f"need shots >= 1, n_runs >= 1, base_shots >= 0, max_queries >= 1 or None; got "
-                         f"shots={shots}, n_runs={n_runs}, base_shots={base_shots}, max_queries={max_queries}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown GFSS protocol {protocol!r}; valid: {PROTOCOLS}")
-    if protocol == "gfs-seg" and (support_dataset is None or support_dataset is dataset):
-        raise DatasetError("the GFS-Seg protocol draws supports from the training split: pass "
-                           "support_dataset=<the train split of the same dataset> (or use protocol='diam')")
+    _check_run_args(dataset, support_dataset, shots, n_runs, base_shots, max_queries, protocol)
     cmap = GFSSClassMap.from_fold(dataset, fold)
     sup = dataset if support_dataset is None else support_dataset
     same = sup is dataset
     if not same and (sup.num_classes != dataset.num_classes or sup.novel_classes(fold) != cmap.novel):
         raise DatasetError(f"support dataset {sup.name}/{sup.split} has other classes or folds than {dataset.name}/"
                            f"{dataset.split}; pass the other split of the same dataset")
-    q_counts, s_counts = dataset.class_pixel_counts(), sup.class_pixel_counts()
-    labelled = set(cmap.base) | set(cmap.novel)
-    pool = [i for i, c in enumerate(q_counts) if protocol == "gfs-seg" or labelled & {k for k, v in c.items() if v}]
-    if cross_group:  # a missing group would make every image "the same group": name that, not the counts
-        require_groups(dataset, "query")
-        if not same:
-            require_groups(sup, "support")
-    banned_groups = {dataset.group(i) for i in pool} if cross_group and not same else set()
+    pool = _query_pool(dataset, cmap, protocol)
+    s_counts = sup.class_pixel_counts()
     thresholds = _thresholds(sup, s_counts, min_area, reference_size)
-    novel = set(cmap.novel)
-
-    def candidates(c: int, base: bool) -> list[int]:
-        return [i for i, cnt in enumerate(s_counts) if cnt.get(c, 0) >= thresholds[i]
-                and (not (base or only_one_novel) or not any(cnt.get(n, 0) for n in novel - {c}))
-                and not (banned_groups and sup.group(i) in banned_groups)]
-
     wanted = [(c, shots, False) for c in cmap.novel] + [(c, base_shots, True) for c in cmap.base if base_shots]
-    cands = {c: candidates(c, base) for c, _, base in wanted}
-    empty = [c for c, _, _ in wanted if not cands[c]]
-    if empty:
-        raise DatasetError(_no_candidate_message(sup, s_counts, thresholds, cmap, empty, fold, only_one_novel,
-                                                 bool(banned_groups)))
+    cands = _support_candidates(dataset, sup, cmap, fold, pool, s_counts, thresholds, wanted, only_one_novel,
+                                cross_group)
     runs = [_one_run(dataset, sup, cmap, fold, shots, base_shots, protocol, seed, r, wanted, cands, pool, same,
                      cross_group, max_queries) for r in range(n_runs)]
     repeated = sorted({c for r in runs for c in r.repeated})
@@ -265,6 +242,52 @@ def gfss_runs(
             "novel_classes": list(cmap.novel), "candidates": {str(c): len(v) for c, v in cands.items()},
             "repeated": repeated}
     return GFSSRuns(runs, meta)
+
+
+def _check_run_args(dataset, support_dataset, shots, n_runs, base_shots, max_queries, protocol) -> None:
+    """``ValueError`` / ``DatasetError`` for arguments no run can be drawn with (names the value and the fix)."""
+    if shots < 1 or n_runs < 1 or base_shots < 0 or (max_queries is not None and max_queries < 1):
+        raise ValueError(f"need shots >= 1, n_runs >= 1, base_shots >= 0, max_queries >= 1 or None; got "
+                         f"shots={shots}, n_runs={n_runs}, base_shots={base_shots}, max_queries={max_queries}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown GFSS protocol {protocol!r}; valid: {PROTOCOLS}")
+    if protocol == "gfs-seg" and (support_dataset is None or support_dataset is dataset):
+        raise DatasetError("the GFS-Seg protocol draws supports from the training split: pass "
+                           "support_dataset=<the train split of the same dataset> (or use protocol='diam')")
+
+
+def _query_pool(dataset, cmap: GFSSClassMap, protocol: str) -> list[int]:
+    """Query candidates: every image under GFS-Seg; under DIaM, the images holding a labelled (base or novel)
+    class."""
+    labelled = set(cmap.base) | set(cmap.novel)
+    return [i for i, c in enumerate(dataset.class_pixel_counts())
+            if protocol == "gfs-seg" or labelled & {k for k, v in c.items() if v}]
+
+
+def _support_candidates(dataset, sup, cmap, fold, pool, s_counts, thresholds, wanted, only_one_novel,
+                        cross_group) -> dict[int, list[int]]:
+    """``{class: support candidates}``: the class covers the area threshold; a novel support holds no other novel
+    class (``only_one_novel``), a base shot no novel class; with ``cross_group`` and two datasets, no group that
+    the queries use. ``DatasetError`` for a class without a candidate (counts per rule and the fix)."""
+    same = sup is dataset
+    if cross_group:  # a missing group would make every image "the same group": name that, not the counts
+        require_groups(dataset, "query")
+        if not same:
+            require_groups(sup, "support")
+    banned_groups = {dataset.group(i) for i in pool} if cross_group and not same else set()
+    novel = set(cmap.novel)
+
+    def candidates(c: int, base: bool) -> list[int]:
+        return [i for i, cnt in enumerate(s_counts) if cnt.get(c, 0) >= thresholds[i]
+                and (not (base or only_one_novel) or not any(cnt.get(n, 0) for n in novel - {c}))
+                and not (banned_groups and sup.group(i) in banned_groups)]
+
+    cands = {c: candidates(c, base) for c, _, base in wanted}
+    empty = [c for c, _, _ in wanted if not cands[c]]
+    if empty:
+        raise DatasetError(_no_candidate_message(sup, s_counts, thresholds, cmap, empty, fold, only_one_novel,
+                                                 bool(banned_groups)))
+    return cands
 
 
 def _one_run(dataset, sup, cmap, fold, shots, base_shots, protocol, seed, r, wanted, cands, pool, same, cross_group,

@@ -178,17 +178,47 @@ def sample_fss_episodes(
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     support_dataset = support_dataset if support_dataset is not None else query_dataset
-    same = support_dataset is query_dataset
-    novel = query_dataset.novel_classes(fold)
-    if classes is not None:
-        unknown = sorted(set(classes) - set(novel))
-        if unknown:
-            raise DatasetError(f"classes {unknown} are not novel in fold {fold} of {query_dataset.name}: {novel}")
-        novel = tuple(classes)
+    novel = _novel_classes(query_dataset, fold, classes)
     min_area = query_dataset.default_min_area if min_area is None else int(min_area)
-
     query_holders = _holders(query_dataset, novel, min_area)
-    support_holders = query_holders if same else _holders(support_dataset, novel, min_area)
+    support_holders = query_holders if support_dataset is query_dataset else _holders(support_dataset, novel, min_area)
+    candidates = _support_candidates(query_dataset, support_dataset, support_holders, cross_group)
+    usable, dropped = _usable_classes(query_dataset, fold, shots, novel, min_area, query_holders, support_holders,
+                                      candidates)
+    episodes = _draw_episodes(np.random.default_rng(seed), query_dataset, support_dataset, fold, shots, n_episodes,
+                              usable, query_holders, candidates)
+    meta = {
+        "protocol": "pfenet_1way",
+        "dataset": query_dataset.name,
+        "query_split": query_dataset.split,
+        "support_split": support_dataset.split,
+        "fold": fold,
+        "shots": shots,
+        "n_episodes": n_episodes,
+        "seed": seed,
+        "min_area": min_area,
+        "cross_group": cross_group,
+        "classes": list(usable),
+        "dropped_classes": {str(c): why for c, why in dropped.items()},
+    }
+    return EpisodeList(episodes, meta)
+
+
+def _novel_classes(dataset: SegmentationDataset, fold: int, classes: Sequence[int] | None) -> tuple[int, ...]:
+    """The fold's novel classes, or the requested subset of them (``DatasetError`` for a class that is not novel)."""
+    novel = dataset.novel_classes(fold)
+    if classes is None:
+        return tuple(novel)
+    unknown = sorted(set(classes) - set(novel))
+    if unknown:
+        raise DatasetError(f"classes {unknown} are not novel in fold {fold} of {dataset.name}: {novel}")
+    return tuple(classes)
+
+
+def _support_candidates(query_dataset, support_dataset, support_holders, cross_group: bool):
+    """``candidates(c, q)``: the support items of class ``c`` allowed for query ``q`` (not the query itself; with
+    ``cross_group``, only other groups than the query's)."""
+    same = support_dataset is query_dataset
     if cross_group:
         q_groups = np.array(require_groups(query_dataset, "query"), dtype=object)
         s_groups = q_groups if same else np.array(require_groups(support_dataset, "support"), dtype=object)
@@ -201,6 +231,11 @@ def sample_fss_episodes(
             cand = cand[s_groups[cand] != q_groups[q]]
         return cand
 
+    return candidates
+
+
+def _usable_classes(query_dataset, fold, shots, novel, min_area, query_holders, support_holders, candidates):
+    """``(usable classes, {dropped class: why})``; ``DatasetError`` when none is usable, a warning for the dropped."""
     usable, dropped = [], {}
     for c in novel:
         n_q, n_s = len(query_holders[c]), len(support_holders[c])
@@ -218,9 +253,14 @@ def sample_fss_episodes(
         )
     if dropped:
         names = ", ".join(f"{query_dataset.class_name(c)} ({why})" for c, why in dropped.items())
-        warnings.warn(f"fold {fold}: classes dropped from the episodes: {names}", UserWarning, stacklevel=2)
+        warnings.warn(f"fold {fold}: classes dropped from the episodes: {names}", UserWarning, stacklevel=3)
+    return usable, dropped
 
-    rng = np.random.default_rng(seed)
+
+def _draw_episodes(rng, query_dataset, support_dataset, fold, shots, n_episodes, usable, query_holders,
+                   candidates) -> list[EpisodeSpec]:
+    """The seeded draw: passes over a permutation of the query pool, one episode per query (a random usable class
+    of it, then ``shots`` distinct supports), until ``n_episodes`` are made."""
     query_classes: dict[int, list[int]] = {}
     for c in usable:
         for q in query_holders[c]:
@@ -236,35 +276,15 @@ def sample_fss_episodes(
                 continue
             c = int(options[rng.integers(len(options))])
             support = rng.choice(candidates(c, q), size=shots, replace=False)
-            episodes.append(
-                EpisodeSpec(
-                    class_id=c,
-                    query=(q,),
-                    support=tuple(int(s) for s in support),
-                    query_ids=(query_dataset.image_id(q),),
-                    support_ids=tuple(support_dataset.image_id(int(s)) for s in support),
-                )
-            )
+            episodes.append(EpisodeSpec(class_id=c, query=(q,), support=tuple(int(s) for s in support),
+                                        query_ids=(query_dataset.image_id(q),),
+                                        support_ids=tuple(support_dataset.image_id(int(s)) for s in support)))
             made_any = True
             if len(episodes) == n_episodes:
                 break
         if not made_any:  # pragma: no cover - guarded by the usable-class check above
             raise DatasetError(f"no episode can be formed for fold {fold} with {shots} shots")
-    meta = {
-        "protocol": "pfenet_1way",
-        "dataset": query_dataset.name,
-        "query_split": query_dataset.split,
-        "support_split": support_dataset.split,
-        "fold": fold,
-        "shots": shots,
-        "n_episodes": n_episodes,
-        "seed": seed,
-        "min_area": min_area,
-        "cross_group": cross_group,
-        "classes": list(usable),
-        "dropped_classes": {str(c): why for c, why in dropped.items()},
-    }
-    return EpisodeList(episodes, meta)
+    return episodes
 
 
 def _holders(dataset: SegmentationDataset, classes: Sequence[int], min_area: int) -> dict[int, np.ndarray]:
