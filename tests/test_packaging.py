@@ -57,3 +57,16 @@ def test_notebook_hygiene_configuration():
     assert "filter.nbstripout.clean" in makefile and "--name fss_lab" in makefile
     for path in sorted((REPO / "notebooks").glob("*.py")):
         assert "#       jupytext_version:" not in path.read_text().split("# ---", 2)[1], f"{path.name}: jupytext_version"
+
+
+def test_lowest_constraints_pin_every_floor_but_the_ci_torch_pair():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(REPO / ".ci" / "lowest_constraints.py"), str(REPO / "pyproject.toml")],
+                         capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    pins = dict(line.split("==") for line in out)
+    assert pins["tqdm"] == "4.66" and pins["timm"] == "1.0.7" and pins["jupyterlab_widgets"] == "3.0.8"
+    assert "torch" not in pins and "torchvision" not in pins  # constraints.txt pins them
+    floors = {name for name, req in _requirements().items() if any(s.operator == ">=" for s in req.specifier)}
+    assert {n.lower().replace("_", "-") for n in pins} == floors - {"torch", "torchvision"}
