@@ -212,7 +212,7 @@ if DATASET == "camvid":
         verdict = "within" if lo - 0.03 <= many <= hi + 0.03 else ("above" if many > hi else "below")
         print(f"CamVid fold {FOLD}, 5-shot cross-video reference {100 * lo:.0f}-{100 * hi:.0f}% mIoU: ours is {verdict} that range"
               + (" (QUICK uses fewer episodes, so expect a few points of noise)" if QUICK else ""))
-RUN.write_results({  # + every parameter, versions and git revision; written atomically
+_ = RUN.write_results({  # `_ =`: no stray output; + every parameter, versions and git revision; written atomically
     "dataset": DATASET, "fold": FOLD, "protocol": cfg.protocol, "quick": QUICK, "n_episodes": N_EPISODES,
     "image_size": list(cfg.image_size), "miou": {str(r["shots"]): r["mIoU"] for _, r in summary.iterrows()},
     "fb_iou": {str(r["shots"]): r["FB-IoU"] for _, r in summary.iterrows()}, "seconds": round(time.time() - t_start, 1),

@@ -191,7 +191,7 @@ print("\nCaveats: QUICK = a base model with a frozen backbone trained for minute
       "(ours: batch-hard cosine triplets, margin 0.3, weight 0.1, documented in fss_lab/losses/triplet.py).")
 
 # %%
-(results_dir / "results.json").write_text(json.dumps({
+_ = (results_dir / "results.json").write_text(json.dumps({  # `_ =`: no stray byte count
     "notebook": "02_gfss_finetuning_triplet", "dataset": DATASET, "fold": FOLD, "quick": QUICK,
     "shots": shots_table.to_dict("records"), "strategies": strategy_table.to_dict("records"),
     "summary_lines": lines, "seconds": round(time.time() - t_start, 1)}, indent=2, default=float))

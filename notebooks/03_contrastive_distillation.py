@@ -172,7 +172,7 @@ print(f"\nCaveats: QUICK base models (frozen backbone, minutes of training), {N_
       "contrastive term runs on 12x12 feature maps with max_views=4 (the official 100 would sample nothing here).")
 
 # %%
-(results_dir / "results.json").write_text(json.dumps({
+_ = (results_dir / "results.json").write_text(json.dumps({  # `_ =`: no stray byte count
     "notebook": "03_contrastive_distillation", "dataset": DATASET, "fold": FOLD, "quick": QUICK,
     "pretraining": pretraining.to_dict("records"), "gamma": gamma_table.to_dict("records"),
     "heads": heads.to_dict("records"), "summary_lines": lines, "seconds": round(time.time() - t_start, 1)},

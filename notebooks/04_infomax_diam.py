@@ -344,7 +344,7 @@ print("\nCaveats: QUICK uses a base model with a frozen backbone trained for min
       f"{data_caveat}. Differences of a few points are within run-to-run noise.")
 
 # %%
-(results_dir / "results.json").write_text(json.dumps({
+_ = (results_dir / "results.json").write_text(json.dumps({  # `_ =`: no stray byte count
     "notebook": "04_infomax_diam", "dataset": DATASET, "fold": FOLD, "quick": QUICK, "runs": N_RUNS,
     "comparison": comparison.to_dict("records"), "ablation": ablation.to_dict("records"),
     "priors": prior_table.to_dict("records"), "repri": fss_table.to_dict("records"),

@@ -41,9 +41,9 @@ def output_counts(executed: Path) -> dict:
     return counts
 
 
-# The evaluation loops (fss_lab/engine/evaluate*.py) still pass ``disable=not progress`` to tqdm, which overrides
-# TQDM_DISABLE; set this to True once they call fss_lab.progress.progress_bar (then executed notebooks hold no bars).
-CHECK_NO_BARS = False
+# Every progress bar goes through fss_lab.progress.progress_bar, which leaves TQDM_DISABLE in charge: executed
+# notebooks (TQDM_DISABLE=1 in the tests) must hold no frozen bar.
+CHECK_NO_BARS = True
 
 
 def assert_shows_figures(executed: Path, name: str, check_bars: bool = CHECK_NO_BARS) -> dict:
