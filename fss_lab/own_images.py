@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from .labels import IGNORE_INDEX
 
-__all__ = ["Segmentation", "SegmentInputError", "segment", "load_image", "load_mask", "auto_image_size"]
+__all__ = ["Segmentation", "SegmentInputError", "segment", "load_image", "load_mask", "auto_image_size",
+           "dataset_image_size"]
 
 ImageLike = Union[str, Path, np.ndarray, "PIL.Image.Image", torch.Tensor]  # noqa: F821
 
@@ -212,6 +213,19 @@ def auto_image_size(shapes: Sequence[tuple[int, int]], long_side: int = 320, mul
     r = ratios[len(ratios) // 2]
     short = max(multiple, int(round(long_side * min(r, 1 / r) / multiple)) * multiple)
     return (long_side, short) if r > 1 else (short, long_side)
+
+
+def dataset_image_size(dataset, long_side: int = 320, max_images: int = 50) -> tuple[int, int]:
+    """:func:`auto_image_size` for a folder dataset, from the headers of its first ``max_images`` images (EXIF
+    orientation counted): square photos get a square network input instead of a 240x320 one padded by 25 %.
+
+    Args:
+        dataset: a :class:`~fss_lab.data.folder.FolderDataset` (anything with ``_paths(i) -> (image, label)``).
+    """
+    from .data.base import image_size
+
+    n = min(len(dataset), max_images)
+    return auto_image_size([image_size(dataset._paths(i)[0]) for i in range(n)], long_side=long_side)
 
 
 @lru_cache(maxsize=4)

@@ -119,3 +119,16 @@ def test_repri_and_save(tmp_path: Path, support) -> None:
     assert [p.name for p in paths] == ["query0_mask.png", "query0_overlay.png", "query0_1_mask.png",
                                        "query0_1_overlay.png"]
     assert set(np.unique(np.asarray(Image.open(paths[0])))) <= {0, 255}
+
+
+def test_a_folder_of_square_photos_gets_a_square_input(tmp_path: Path) -> None:
+    from fss_lab.data.folder import FolderDataset
+    from fss_lab.own_images import dataset_image_size
+
+    for i in range(3):
+        img, mask = scene(100, 100, (10, 60, 10, 60), i)
+        Image.fromarray(img).save(tmp_path / f"sq{i}.jpg")
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        Image.fromarray(mask * 255).save(tmp_path / "masks" / f"sq{i}.png")
+    ds = FolderDataset(tmp_path, "val", {"class_names": ["red"]})
+    assert dataset_image_size(ds) == (320, 320)
