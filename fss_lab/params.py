@@ -192,6 +192,16 @@ NOTEBOOK_SPECS: dict[str, dict[str, Param]] = {
         "NOVEL_POLICY": _POLICY,
         "N_EPISODES": Param("int", 1, optional=True, example="100"),
     },
+    "07_your_own_images": {
+        "DEVICE": Param("device", example="'auto'"),
+        "SEED": Param("int", 0, example="0"),
+        "QUICK": Param("bool"),
+        "IMAGE_FOLDER": Param("path", optional=True, example="'my_photos'"),
+        "METHODS": Param("str_list", example="['prototype', 'repri']"),
+        "IMAGE_SIZE": Param("size", 32, optional=True),
+        "REPRI_ITERATIONS": Param("int", 1, example="50"),
+        "RESULTS_DIR": Param("path", example="'results/07_your_own_images'"),
+    },
 }
 
 
