@@ -42,8 +42,8 @@ SEED = 0  # seeds the episode sampler: same seed -> same episodes
 QUICK = True  # True: a few minutes on a 2-core CPU; False: the full protocol (1,000 episodes per shot count)
 DATASET = "synthetic"  # "synthetic" (offline default), "camvid", "folder", "pascal5i", "coco20i", "fss1000"
 DATA_ROOT = None  # data folder for real datasets, e.g. "../shared/data/camvid"
-DATASET_CONFIG = None  # DATASET="folder": a JSON path or dict (None: DATA_ROOT/fss_lab.json); see datasets/README.md
-PROTOCOL = None  # None: the dataset's; "same_split" (supports from the query split) or "cross_group" (supports
+DATASET_CONFIG = None  # folder datasets: a JSON path or a dict; None reads DATA_ROOT/fss_lab.json (datasets/README.md)
+PROTOCOL = None  # None: the dataset's; same_split (supports from the query split) or cross_group (supports
 #                  from other groups than the query: the config's group_pattern, e.g. another video or session)
 FOLD = 0  # which fold's classes are novel
 SHOTS = [1, 5]  # K values to evaluate
@@ -127,7 +127,7 @@ if sds is not qds:
     print(sds.describe(), "(supports)")
 novel, base = qds.novel_classes(FOLD), qds.base_classes(FOLD)
 print(f"fold {FOLD} novel classes: {', '.join(qds.class_name(c) for c in novel)}")
-print(f"fold {FOLD} base classes:  {', '.join(qds.class_name(c) for c in base)}")
+print(f"fold {FOLD} base classes:  {', '.join(qds.class_name(c) for c in base) or 'none (every class is novel)'}")
 print(f"protocol: {cfg.protocol}; images resized to {cfg.image_size[0]}x{cfg.image_size[1]} (HxW)")
 
 # %% [markdown]
