@@ -41,7 +41,7 @@ class Param:
     Attributes:
         kind: ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"choice"``, ``"int_list"`` (a list of ints, or one
             int where ``scalar_ok``), ``"float_list"``, ``"str_list"``, ``"size"`` (``[H, W]``), ``"path"``
-            (a string path) or ``"device"``.
+            (a string path), ``"config"`` (a JSON path, built-in name or dict) or ``"device"``.
         minimum: smallest allowed number (each element for lists; both sides for ``"size"``).
         choices: allowed values for ``"choice"``.
         optional: ``None`` is allowed (it selects a documented default).
@@ -103,6 +103,10 @@ def _check(name: str, value: Any, p: Param) -> str | None:
             close = difflib.get_close_matches(str(value), [str(c) for c in p.choices], n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             return f"{name} must be one of {list(p.choices)}, got {_describe(value)}.{hint}"
+    elif p.kind == "config":
+        if not isinstance(value, (str, Path, dict)) or (not isinstance(value, dict) and not str(value)):
+            return (f"{name} must be a JSON path, a built-in config name or a dict, got {_describe(value)};"
+                    f"{example}.")
     elif p.kind == "device":
         if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
             return f"{name} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {_describe(value)}."
@@ -146,6 +150,8 @@ _POLICY = Param("choice", choices=("ignore", "background", "drop"))
 NOTEBOOK_SPECS: dict[str, dict[str, Param]] = {
     "00_quickstart": {
         **_COMMON,
+        "DATASET_CONFIG": Param("config", optional=True, example="'my_data/fss_lab.json'"),
+        "PROTOCOL": Param("choice", choices=("same_split", "cross_group"), optional=True),
         "SHOTS": Param("int_list", 1, example="[1, 5]"),
         "N_EPISODES": Param("int", 1, optional=True, example="200"),
         "IMAGE_SIZE": Param("size", 8, optional=True),
@@ -185,6 +191,16 @@ NOTEBOOK_SPECS: dict[str, dict[str, Param]] = {
         "ITERATIONS": Param("int", 1, example="100"),
         "NOVEL_POLICY": _POLICY,
         "N_EPISODES": Param("int", 1, optional=True, example="100"),
+    },
+    "07_your_own_images": {
+        "DEVICE": Param("device", example="'auto'"),
+        "SEED": Param("int", 0, example="0"),
+        "QUICK": Param("bool"),
+        "IMAGE_FOLDER": Param("path", optional=True, example="'my_photos'"),
+        "METHODS": Param("str_list", example="['prototype', 'repri']"),
+        "IMAGE_SIZE": Param("size", 32, optional=True),
+        "REPRI_ITERATIONS": Param("int", 1, example="50"),
+        "RESULTS_DIR": Param("path", example="'results/07_your_own_images'"),
     },
 }
 

@@ -42,10 +42,14 @@ SEED = 0  # seeds the episode sampler: same seed -> same episodes
 QUICK = True  # True: a few minutes on a 2-core CPU; False: the full protocol (1,000 episodes per shot count)
 DATASET = "synthetic"  # "synthetic" (offline default), "camvid", "folder", "pascal5i", "coco20i", "fss1000"
 DATA_ROOT = None  # data folder for real datasets, e.g. "../shared/data/camvid"
+DATASET_CONFIG = None  # folder datasets: a JSON path or a dict; None reads DATA_ROOT/fss_lab.json (datasets/README.md)
+PROTOCOL = None  # None: the dataset's; same_split (supports from the query split) or cross_group (supports
+#                  from other groups than the query: the config's group_pattern, e.g. another video or session)
 FOLD = 0  # which fold's classes are novel
 SHOTS = [1, 5]  # K values to evaluate
 N_EPISODES = None  # None: 200 when QUICK, else 1,000 (BAM / RePRI protocol)
-IMAGE_SIZE = None  # (H, W) in pixels; None: the dataset's default (192x192 synthetic, 240x320 CamVid)
+IMAGE_SIZE = None  # (H, W) in pixels; None: the dataset's default (192x192 synthetic, 240x320 CamVid; a folder:
+#                    long side 320 at the photos' median aspect ratio, so square photos get a square input)
 BACKBONE = "efficientnet_lite0"
 LEVELS = ["s16_expanded"]  # frozen backbone feature level(s): the 672-channel expanded activations at stride 16
 TEMPERATURE = 20.0  # cosine-similarity scale of the prototype baseline
@@ -93,6 +97,14 @@ print(f"fss_lab {fss_lab.__version__} · torch {torch.__version__} · device {de
 # for PASCAL-5<sup>i</sup>, COCO-20<sup>i</sup>, FSS-1000 and your own folders.
 
 # %%
+if DATASET_CONFIG is not None and DATASET != "folder":
+    raise ValueError("DATASET_CONFIG describes a folder dataset; set DATASET = 'folder' or DATASET_CONFIG = None")
+dataset_kwargs = {"config": DATASET_CONFIG} if DATASET_CONFIG is not None else {}
+if IMAGE_SIZE is None and DATASET == "folder":  # the photos' own aspect ratio (no 25 % black bars on square photos)
+    from fss_lab.data import create_dataset
+    from fss_lab.own_images import dataset_image_size
+
+    IMAGE_SIZE = dataset_image_size(create_dataset(DATASET, DATA_ROOT, split="val", **dataset_kwargs))
 config = FSSConfig(
     dataset=DATASET,
     data_root=DATA_ROOT,
@@ -104,6 +116,8 @@ config = FSSConfig(
     levels=tuple(LEVELS),
     seed=SEED,
     device=DEVICE,
+    protocol=PROTOCOL,
+    dataset_kwargs=dataset_kwargs,
 )
 exp = FSSExperiment(config)
 cfg = exp.config
@@ -113,7 +127,7 @@ if sds is not qds:
     print(sds.describe(), "(supports)")
 novel, base = qds.novel_classes(FOLD), qds.base_classes(FOLD)
 print(f"fold {FOLD} novel classes: {', '.join(qds.class_name(c) for c in novel)}")
-print(f"fold {FOLD} base classes:  {', '.join(qds.class_name(c) for c in base)}")
+print(f"fold {FOLD} base classes:  {', '.join(qds.class_name(c) for c in base) or 'none (every class is novel)'}")
 print(f"protocol: {cfg.protocol}; images resized to {cfg.image_size[0]}x{cfg.image_size[1]} (HxW)")
 
 # %% [markdown]

@@ -198,7 +198,7 @@ BAD_CONFIGS = [
     ({"class_names": NAMES, "folds": {"0": ["horse"]}},
      r"unknown class name 'horse'; valid names: \['cat', 'dog', 'car'\]"),
     ({"class_names": NAMES, "folds": {"0": [4]}}, r"class id 4 is not in 1\.\.3"),
-    ({"class_names": NAMES, "folds": {"0": [1, 2, 3]}}, "every class novel"),
+    ({"class_names": NAMES, "binary": True}, "'binary': true needs exactly one class"),
     ({"class_names": NAMES, "folds": {"a": [1]}}, "'a' is not an integer fold number"),
     ({"class_names": NAMES, "ignore_values": [-1]}, "-1 is not an integer mask value"),
     ({"class_names": NAMES, "group_pattern": "(["}, "not a valid regex"),
@@ -243,3 +243,56 @@ def test_readme_config_example_is_valid() -> None:
     block = readme.read_text().split("```json\n", 1)[1].split("```", 1)[0]
     cfg = parse_config(json.loads(block))
     assert cfg["folds"] == {0: (3,), 1: (1, 2)} and cfg["value_map"][150] == 3
+
+
+def test_one_class_binary_folder_needs_no_folds_and_no_dummy_class(tmp_path: Path) -> None:
+    """root/*.jpg beside label/*.png, masks stored 0/255, config only names the class: FSS works out of the box."""
+    from fss_lab.data.class_maps import GFSSClassMap
+    from fss_lab.data.sampler import sample_fss_episodes
+
+    mask = np.zeros((H, W), np.uint8)
+    mask[5:25, 8:30] = 255
+    for i in range(4):
+        write_jpg(tmp_path / f"dog_{i}.jpg", seed=i)
+        write_png(tmp_path / "label" / f"dog_{i}.png", mask)
+    (tmp_path / "fss_lab.json").write_text(json.dumps({"class_names": ["dog"]}))
+    ds = FolderDataset(tmp_path, "val")
+    assert len(ds) == 4 and ds.folds == {0: (1,)} and ds.binary
+    assert set(np.unique(ds.load_label(0))) == {0, 1}
+    assert ds.split == "val" and len(FolderDataset(tmp_path, "train")) == 4  # no split folders: every split
+    episodes = sample_fss_episodes(ds, 0, 1, 5, seed=0, min_area=1)
+    assert len(episodes) == 5
+    with pytest.raises(DatasetError, match="every class novel.*FSS testing only"):
+        GFSSClassMap.from_fold(ds, 0)
+
+
+def test_binary_masks_keep_ignore_values_and_can_be_turned_off(tmp_path: Path) -> None:
+    write_jpg(tmp_path / "images" / "a.jpg")
+    write_png(tmp_path / "masks" / "a.png", stripes([0, 1, 7, 200]))
+    ds = FolderDataset(tmp_path, "val", {"class_names": ["cat"], "ignore_values": [200]})
+    np.testing.assert_array_equal(ds.load_label(0), stripes([0, 1, 1, 255]))
+    plain = FolderDataset(tmp_path, "val", {"class_names": ["cat"], "binary": False})
+    with pytest.raises(DatasetError, match="value"):
+        plain.load_label(0)
+
+
+def test_label_folder_inside_images_is_not_a_split(tmp_path: Path) -> None:
+    for i in range(2):
+        write_jpg(tmp_path / "images" / f"im{i}.jpg", seed=i)
+        write_png(tmp_path / "images" / "label" / f"im{i}.png", stripes([0, 1]))
+    ds = FolderDataset(tmp_path, "val", {"class_names": ["cat"]})
+    assert len(ds) == 2 and ds.image_id(1) == "im1"
+
+
+def test_cross_group_protocol_from_a_file_name_pattern(tmp_path: Path) -> None:
+    from fss_lab.data.sampler import sample_fss_episodes
+
+    for g in ("home", "park"):
+        for i in range(3):
+            write_jpg(tmp_path / f"{g}_{i}.jpg", seed=i)
+            write_png(tmp_path / "masks" / f"{g}_{i}.png", stripes([0, 1]))
+    ds = FolderDataset(tmp_path, "val", {"class_names": ["cat"], "group_pattern": "^([a-z]+)_"})
+    episodes = sample_fss_episodes(ds, 0, 1, 8, seed=0, min_area=1, cross_group=True)
+    assert len(episodes) == 8
+    for ep in episodes:
+        assert all(ds.group(s) != ds.group(ep.query[0]) for s in ep.support)

@@ -99,6 +99,18 @@ def test_infomax_diam_notebook_on_default_data():
 
 
 @pytest.mark.notebook
+def test_your_own_images_notebook_on_bundled_photos():
+    executed, results = run_notebook("07_your_own_images", "your_own_images", {"QUICK": True})
+    assert_shows_figures(executed, "07_your_own_images")
+    assert set(results["mean_iou"]) == {"prototype", "repri"}
+    assert results["verdicts"]["one_mask_new_views"], "one drawn mask must segment new views of the same photo"
+    rows = results["segmentations"]
+    assert len(rows) == 12 and all(0.0 <= r["foreground %"] <= 100.0 for r in rows)
+    out = Path(results["run"]["dir"]) / "overlays"
+    assert len(list(out.glob("*_overlay.png"))) == 12
+
+
+@pytest.mark.notebook
 def test_base_training_notebook_on_default_data():
     executed, results = run_notebook("01_base_training", "base_training_synthetic", {"QUICK": True})
     assert_shows_figures(executed, "01_base_training")

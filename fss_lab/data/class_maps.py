@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import BACKGROUND, IGNORE_INDEX, SegmentationDataset
+from .base import BACKGROUND, IGNORE_INDEX, DatasetError, SegmentationDataset
 
 NOVEL_POLICIES = ("ignore", "background", "drop")
 
@@ -36,7 +36,17 @@ class GFSSClassMap:
 
     @classmethod
     def from_fold(cls, dataset: SegmentationDataset, fold: int) -> "GFSSClassMap":
-        """The map of ``dataset``'s ``fold`` (raises :class:`DatasetError` for an unknown fold)."""
+        """The map of ``dataset``'s ``fold``.
+
+        Raises:
+            DatasetError: an unknown fold, or a fold that makes every class novel (FSS testing only: GFSS and
+                base training need at least one base class).
+        """
+        if not dataset.base_classes(fold):
+            raise DatasetError(
+                f"{dataset.name} fold {fold} makes every class novel ({dataset.num_classes} classes), which serves "
+                "FSS testing only; GFSS and base training need base classes: give the config 'folds' that list "
+                "only some classes as novel")
         return cls(tuple(sorted(dataset.base_classes(fold))), tuple(sorted(dataset.novel_classes(fold))),
                    dataset.num_classes)
 

@@ -5,14 +5,24 @@ Config keys (see ``datasets/README.md`` for a full example)::
     name            str, optional     dataset name (default: the folder name)
     class_names     list[str]         class id k is class_names[k - 1] (after value_map)
     splits          {split: list}     PFENet-style list files "<image> <label>" relative to root; optional:
-                                      without it images/ and masks/ (or images/<split>/, masks/<split>/)
-                                      are paired by file stem
+                                      without it images and masks are paired by file stem, found as
+                                      images/<split>/ + masks/<split>/, or images/ + masks/, or images
+                                      beside a mask folder (root/*.jpg + root/label/*.png, or
+                                      images/*.jpg + images/label/*.png; mask folders are named one of
+                                      masks, mask, labels, label, annotations, gt); without split folders
+                                      every split name reads the same images
     value_map       {raw: id}         stored mask value -> class id (0 = background, 255 = ignore); when given it
                                       must cover every stored value except ignore_values and 255
     ignore_values   list[int]         stored values that become 255 (ignore)
-    folds           {fold: [...]}     novel classes of each fold, as class names or ids
+    folds           {fold: [...]}     novel classes of each fold, as class names or ids; optional: without it
+                                      fold 0 makes every class novel (FSS testing on your own classes; a
+                                      one-class folder needs nothing else). A fold without base classes
+                                      serves FSS only: GFSS and base training need at least one base class
     group_pattern   str, optional     regex on the image file name; its first group is the item's group
     has_background  bool, optional    false: a label value 0 after mapping is an error (default true)
+    binary          bool, optional    masks are binary: stored 0 is background, every other stored value
+                                      (0/1, 0/255 masks alike) is the one class, except ignore_values.
+                                      Default: true for a one-class config without value_map
     min_area        int, optional     pixels (label resolution) a class needs to count in an image when
                                       sampling episodes (default 2 * 32 * 32, PFENet's rule)
 
@@ -40,8 +50,10 @@ from .base import (
 
 CONFIG_KEYS = (
     "name", "class_names", "splits", "value_map", "ignore_values", "folds", "group_pattern", "has_background",
-    "min_area",
+    "min_area", "binary",
 )
+#: folder names read as mask folders (never as splits) in the stem-paired layouts
+MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "gt")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _UNMAPPED = -1
 
@@ -124,6 +136,8 @@ def _value_map(raw: Any, num_classes: int, where: str) -> dict[int, int] | None:
 
 
 def _folds(raw: Any, class_names: tuple[str, ...], where: str) -> dict[int, tuple[int, ...]]:
+    if raw is None:  # FSS on the user's own classes: every class novel in fold 0
+        return {0: tuple(range(1, len(class_names) + 1))}
     if not isinstance(raw, Mapping):
         raise DatasetError(f"{where}: 'folds' must map fold numbers to lists of novel classes")
     folds = {}
@@ -134,8 +148,6 @@ def _folds(raw: Any, class_names: tuple[str, ...], where: str) -> dict[int, tupl
         ids = [_class_id(m, class_names, f"{where}: fold {key!r}") for m in members]
         if len(set(ids)) != len(ids):
             raise DatasetError(f"{where}: fold {key!r} names a class twice: {members}")
-        if len(ids) == len(class_names):
-            raise DatasetError(f"{where}: fold {key!r} makes every class novel; leave at least one base class")
         folds[fold] = tuple(sorted(ids))
     return folds
 
@@ -158,7 +170,7 @@ def parse_config(raw: Mapping[str, Any], where: str = "config") -> dict:
     Returns:
         dict with ``name`` (str|None), ``class_names`` (tuple), ``splits`` (dict|None), ``value_map``
         (``{int: int}`` or None), ``ignore_values`` (tuple[int]), ``folds`` (``{int: tuple[int]}``, ids sorted),
-        ``group_pattern`` (compiled regex or None), ``has_background`` (bool), ``min_area`` (int).
+        ``group_pattern`` (compiled regex or None), ``has_background`` (bool), ``min_area`` (int), ``binary`` (bool).
 
     Raises:
         DatasetError: unknown key, missing/duplicate class names, bad value, unknown fold class; the message names
@@ -189,14 +201,19 @@ def parse_config(raw: Mapping[str, Any], where: str = "config") -> dict:
     min_area = raw.get("min_area", SegmentationDataset.default_min_area)
     if isinstance(min_area, bool) or not isinstance(min_area, int) or min_area < 1:
         raise DatasetError(f"{where}: 'min_area' must be a positive number of pixels, got {min_area!r}")
+    binary = raw.get("binary", len(class_names) == 1 and value_map is None)
+    if not isinstance(binary, bool):
+        raise DatasetError(f"{where}: 'binary' must be true or false, got {binary!r}")
+    if binary and (len(class_names) != 1 or value_map is not None):
+        raise DatasetError(f"{where}: 'binary': true needs exactly one class in class_names and no value_map")
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
         raise DatasetError(f"{where}: 'name' must be a string, got {name!r}")
     return dict(
         name=name, class_names=class_names, splits=None if splits is None else dict(splits), value_map=value_map,
-        ignore_values=ignore_values, folds=_folds(raw.get("folds", {}), class_names, where),
+        ignore_values=ignore_values, folds=_folds(raw.get("folds"), class_names, where),
         group_pattern=_group_pattern(raw.get("group_pattern"), where), has_background=has_background,
-        min_area=min_area,
+        min_area=min_area, binary=binary,
     )
 
 
@@ -223,13 +240,18 @@ def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
     return [(images[s], masks[s]) for s in sorted(images)]
 
 
-def _lookup_table(value_map: Mapping[int, int] | None, ignore_values: tuple[int, ...]) -> np.ndarray | None:
-    """int32 table ``raw -> label`` (``-1`` = unmapped), or ``None`` for the identity without ignore values."""
-    if value_map is None and not ignore_values:
+def _lookup_table(value_map: Mapping[int, int] | None, ignore_values: tuple[int, ...],
+                  binary: bool = False) -> np.ndarray | None:
+    """int32 table ``raw -> label`` (``-1`` = unmapped), or ``None`` for the identity without ignore values.
+    ``binary``: 0 -> 0, every other value -> 1 (ignore values -> 255), over 16-bit values."""
+    if value_map is None and not ignore_values and not binary:
         return None
     size = max([*(value_map or {}), *ignore_values, IGNORE_INDEX]) + 1
-    size = 256 if size <= 256 else 65536
-    if value_map is None:
+    size = 256 if size <= 256 and not binary else 65536
+    if binary:
+        table = np.ones(size, dtype=np.int32)
+        table[0] = BACKGROUND
+    elif value_map is None:
         table = np.arange(size, dtype=np.int32)  # identity; check_label rejects values outside the classes
     else:
         table = np.full(size, _UNMAPPED, dtype=np.int32)
@@ -278,7 +300,8 @@ class FolderDataset(SegmentationDataset):
         self.default_min_area = cfg["min_area"]
         self.value_map = cfg["value_map"]
         self.ignore_values = cfg["ignore_values"]
-        self._table = _lookup_table(self.value_map, self.ignore_values)
+        self.binary = cfg["binary"]
+        self._table = _lookup_table(self.value_map, self.ignore_values, self.binary)
         self._pairs = self._find_pairs(cfg["splits"])
         self._groups = self._find_groups(cfg["group_pattern"])
         stems = [img.stem for img, _ in self._pairs]
@@ -293,13 +316,28 @@ class FolderDataset(SegmentationDataset):
             pairs = read_list_file(list_path, self.root)
             check_list_files(pairs, list_path)
             return pairs
-        images, masks = self.root / "images", self.root / "masks"
-        if (images / self.split).is_dir():
-            return pair_by_stem(images / self.split, masks / self.split)
-        split_dirs = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+        images = self.root / "images"
+        if (images / self.split).is_dir() and self.split not in MASK_DIRS:
+            return pair_by_stem(images / self.split, self._mask_dir(self.root, images / self.split, self.split))
+        if not images.is_dir():  # images beside a mask folder: root/*.jpg + root/label/*.png
+            return pair_by_stem(self.root, self._mask_dir(self.root, self.root))
+        split_dirs = sorted(p.name for p in images.iterdir() if p.is_dir() and p.name not in MASK_DIRS)
         if split_dirs:
             raise DatasetError(f"{self.name} has no split folder {images / self.split}; valid splits: {split_dirs}")
-        return pair_by_stem(images, masks)
+        return pair_by_stem(images, self._mask_dir(self.root, images))
+
+    @staticmethod
+    def _mask_dir(root: Path, image_dir: Path, split: str | None = None) -> Path:
+        """The mask folder for ``image_dir``: ``root/masks[/split]``, else a :data:`MASK_DIRS` folder inside
+        ``image_dir`` or beside it (the first that exists; ``root/masks`` when none does, so the error names it)."""
+        candidates = [root / "masks" / split] if split else []
+        candidates += [image_dir / d for d in MASK_DIRS]
+        if split is None:
+            candidates += [root / d for d in MASK_DIRS]
+        for c in candidates:
+            if c.is_dir() and c != image_dir:
+                return c
+        return candidates[0] if split else root / "masks"
 
     def _find_groups(self, pattern: re.Pattern | None) -> list[str] | None:
         if pattern is None:

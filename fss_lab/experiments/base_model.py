@@ -1,8 +1,9 @@
 """The base model of a fold: a PSPNet trained on the base classes, loaded from its checkpoint when one exists.
 
 Every paper notebook needs one. :func:`get_base_model` names the checkpoint after the recipe (dataset, fold,
-backbone, novel-pixel policy, scale, contrastive weight, seed), so the first notebook that needs a model trains it
-and the others reuse it; a killed run resumes from its last checkpoint (written atomically).
+backbone, novel-pixel policy, scale, contrastive weight, seed) plus a short hash of everything that defines the model
+(:meth:`BaseModelConfig.model_key`: the resolved data root and the folder's config file included), so the first
+notebook that needs a model trains it, the others reuse it, and two copies of a dataset never share one; a killed run resumes from its last checkpoint (written atomically).
 
 Two recipes:
 
@@ -14,6 +15,8 @@ Two recipes:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -71,13 +74,40 @@ class BaseModelConfig:
         """The image size in pixels, the dataset default filled in."""
         return tuple(self.image_size or dataset_defaults(self.dataset)["image_size"])
 
+    def model_key(self) -> dict:
+        """Everything that defines the trained model, JSON-able: dataset, resolved (absolute) data root and the
+        contents of its ``fss_lab.json`` when there is one, fold, backbone, policy, recipe (with overrides), image
+        size, contrastive term and seed. ``device`` and ``cache_dir`` are left out (they do not change the model)."""
+        root = None
+        folder_config = None
+        if self.data_root is not None and self.dataset != "synthetic":
+            resolved = Path(self.data_root).expanduser().resolve()
+            root = str(resolved)
+            cfg_file = resolved / "fss_lab.json"
+            if cfg_file.is_file():
+                folder_config = hashlib.sha256(cfg_file.read_bytes()).hexdigest()[:16]
+        recipe = {**RECIPES["quick" if self.quick else "full"], **self.overrides}
+        return dict(dataset=self.dataset, data_root=root, folder_config=folder_config, fold=self.fold,
+                    backbone=self.backbone, novel_policy=self.novel_policy, image_size=list(self.resolved_size()),
+                    recipe={k: recipe[k] for k in sorted(recipe)}, contrastive_weight=self.contrastive_weight,
+                    contrastive_max_views=self.contrastive_max_views if self.contrastive_weight else None,
+                    seed=self.seed)
+
+    def model_hash(self) -> str:
+        """8 hex digits of SHA-256 over :meth:`model_key` (sorted-key JSON)."""
+        text = json.dumps(self.model_key(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
     def checkpoint_path(self) -> Path:
-        """``<cache_dir>/<dataset>_fold<f>_<backbone>_<policy>_<quick|full>_<HxW>[_ctr<lambda>]_s<seed>.pt``."""
+        """``<cache_dir>/<dataset>_fold<f>_<backbone>_<policy>_<quick|full>_<HxW>[_ctr<lambda>]_s<seed>_<hash>.pt``:
+        the readable prefix, then :meth:`model_hash` (so two data roots of one dataset, or another recipe, never
+        reuse each other's checkpoint)."""
         h, w = self.resolved_size()
         ctr = f"_ctr{self.contrastive_weight:g}" if self.contrastive_weight else ""
         extra = "".join(f"_{k}{v}" for k, v in sorted(self.overrides.items()))
         scale = "quick" if self.quick else "full"
-        name = f"{self.dataset}_fold{self.fold}_{self.backbone}_{self.novel_policy}_{scale}_{h}x{w}{ctr}{extra}_s{self.seed}.pt"
+        name = (f"{self.dataset}_fold{self.fold}_{self.backbone}_{self.novel_policy}_{scale}_{h}x{w}{ctr}{extra}"
+                f"_s{self.seed}_{self.model_hash()}.pt")
         return Path(self.cache_dir) / name
 
     def train_config(self) -> TrainConfig:

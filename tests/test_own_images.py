@@ -1,0 +1,134 @@
+"""fss_lab.segment on users' own images: input kinds (paths / arrays / PIL), EXIF, aspect ratios, bad masks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fss_lab
+from fss_lab.own_images import SegmentInputError, auto_image_size, load_image, load_mask, save_segmentations
+
+SIZE = (64, 64)  # network input: tiny, so each call is fast
+
+
+def scene(h: int, w: int, box: tuple[int, int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A grey-noise photo with a saturated red square at ``box`` = (y0, y1, x0, x1) and its mask."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(90, 140, (h, w, 3), dtype=np.uint8)
+    y0, y1, x0, x1 = box
+    img[y0:y1, x0:x1] = (230, 30, 30)
+    mask = np.zeros((h, w), np.uint8)
+    mask[y0:y1, x0:x1] = 1
+    return img, mask
+
+
+@pytest.fixture(scope="module")
+def support():
+    return scene(60, 80, (15, 45, 20, 60))
+
+
+def test_segments_the_support_class_at_each_query_size(support) -> None:
+    img, mask = support
+    # a tall and a wide query: the prediction must be un-padded and resized back, not stretched
+    queries = [scene(120, 60, (10, 60, 5, 45), 1), scene(60, 150, (10, 50, 95, 140), 2)]
+    out = fss_lab.segment(img, mask, [q for q, _ in queries], image_size=(128, 128), device="cpu", overlays=True)
+    assert [o.mask.shape for o in out] == [(120, 60), (60, 150)]
+    for o, (q, truth) in zip(out, queries):
+        assert o.probability.dtype == np.float32 and 0 <= o.probability.min() <= o.probability.max() <= 1
+        assert o.overlay.shape == (*q.shape[:2], 3) and o.overlay.dtype == np.uint8
+        assert o.iou(truth) > 0.5, o.iou(truth)
+    assert out[0].mask[35, 25] and not out[0].mask[100, 30]  # box centre in, far end out
+    assert out[1].mask[30, 117] and not out[1].mask[30, 20]
+
+
+def test_paths_pil_and_arrays_give_the_same_masks(tmp_path: Path, support) -> None:
+    img, mask = support
+    Image.fromarray(img).save(tmp_path / "s.png")
+    Image.fromarray(mask * 255).save(tmp_path / "s_mask.png")
+    query, _ = scene(60, 80, (5, 35, 30, 70), 3)
+    Image.fromarray(query).save(tmp_path / "q.png")
+    a = fss_lab.segment(img, mask.astype(bool), query, image_size=SIZE, device="cpu")[0]
+    b = fss_lab.segment(str(tmp_path / "s.png"), tmp_path / "s_mask.png", [tmp_path / "q.png"], image_size=SIZE,
+                        device="cpu")[0]
+    c = fss_lab.segment(Image.open(tmp_path / "s.png"), Image.fromarray(mask * 255), Image.fromarray(query),
+                        image_size=SIZE, device="cpu")[0]
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_array_equal(a.mask, c.mask)
+    assert b.name == "q" and a.name == "query0"
+
+
+def test_exif_orientation_is_applied_to_paths_and_pil_images(tmp_path: Path) -> None:
+    img = np.zeros((20, 30, 3), np.uint8)
+    img[:, :10] = 255
+    pil = Image.fromarray(img)
+    exif = pil.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    pil.save(tmp_path / "r.jpg", exif=exif)
+    assert load_image(tmp_path / "r.jpg").shape == (30, 20, 3)
+    assert load_image(Image.open(tmp_path / "r.jpg")).shape == (30, 20, 3)
+
+
+def test_class_id_masks_and_drawings(support) -> None:
+    ids = np.zeros((10, 10), np.uint8)
+    ids[2:5, 2:5], ids[6:9, 6:9], ids[0, 0] = 3, 7, 255
+    m = load_mask(ids, class_id=7)
+    assert m[7, 7] == 1 and m[3, 3] == 0 and m[0, 0] == 255
+    with pytest.raises(SegmentInputError, match=r"values \[0, 3, 7, 255\].*class_id"):
+        load_mask(ids)
+    drawing = np.zeros((10, 10, 3), np.uint8)
+    drawing[2:6, 2:6] = (255, 0, 0)
+    assert load_mask(drawing).sum() == 16
+    photo = np.random.default_rng(0).integers(40, 200, (10, 10, 3), dtype=np.uint8)
+    with pytest.raises(SegmentInputError, match="looks like a photo"):
+        load_mask(photo)
+
+
+def test_bad_inputs_are_explained(support, tmp_path: Path) -> None:
+    img, mask = support
+    with pytest.raises(SegmentInputError, match="no foreground pixel"):
+        fss_lab.segment(img, np.zeros_like(mask), img, image_size=SIZE, device="cpu")
+    with pytest.raises(SegmentInputError, match=r"support mask 0 is 30x40 .*its image is 60x80"):
+        fss_lab.segment(img, mask[::2, ::2], img, image_size=SIZE, device="cpu")
+    with pytest.raises(SegmentInputError, match="2 support images but 1 support masks"):
+        fss_lab.segment([img, img], [mask], img, image_size=SIZE, device="cpu")
+    with pytest.raises(SegmentInputError, match="file not found"):
+        fss_lab.segment(img, mask, tmp_path / "missing.jpg", image_size=SIZE, device="cpu")
+    with pytest.raises(SegmentInputError, match="GFSS tasks only"):
+        fss_lab.segment(img, mask, img, method="diam", image_size=SIZE, device="cpu")
+    with pytest.raises(SegmentInputError, match="unknown method"):
+        fss_lab.segment(img, mask, img, method="protoype", image_size=SIZE, device="cpu")
+    with pytest.raises(SegmentInputError, match=r"\[0, 1\]"):
+        load_image(np.full((4, 4, 3), 2.0))
+
+
+def test_auto_size_follows_the_aspect_ratio() -> None:
+    assert auto_image_size([(512, 512)]) == (320, 320)
+    assert auto_image_size([(300, 451), (300, 450)]) == (208, 320)
+    assert auto_image_size([(800, 400)]) == (320, 160)
+
+
+def test_repri_and_save(tmp_path: Path, support) -> None:
+    img, mask = support
+    query, truth = scene(60, 80, (20, 55, 10, 45), 4)
+    out = fss_lab.segment(img, mask, query, method="repri", method_kwargs={"adapt_iter": 10},
+                          image_size=(128, 128), device="cpu", overlays=True)
+    assert out[0].iou(truth) > 0.5, out[0].iou(truth)
+    paths = save_segmentations(out + out, tmp_path)
+    assert [p.name for p in paths] == ["query0_mask.png", "query0_overlay.png", "query0_1_mask.png",
+                                       "query0_1_overlay.png"]
+    assert set(np.unique(np.asarray(Image.open(paths[0])))) <= {0, 255}
+
+
+def test_a_folder_of_square_photos_gets_a_square_input(tmp_path: Path) -> None:
+    from fss_lab.data.folder import FolderDataset
+    from fss_lab.own_images import dataset_image_size
+
+    for i in range(3):
+        img, mask = scene(100, 100, (10, 60, 10, 60), i)
+        Image.fromarray(img).save(tmp_path / f"sq{i}.jpg")
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        Image.fromarray(mask * 255).save(tmp_path / "masks" / f"sq{i}.png")
+    ds = FolderDataset(tmp_path, "val", {"class_names": ["red"]})
+    assert dataset_image_size(ds) == (320, 320)
