@@ -110,3 +110,23 @@ def test_experiment_level_caches_and_multi_level_evaluation(backbone):
     assert oracle.miou >= heur.miou and q["proposals"].get([0]).shape[1] == 100
     items, caches = exp.train_split(("s16",))
     assert items.dataset.split == "train" and set(caches) == {"s16"}
+
+
+def test_mmformer_stage2_trains_the_matching_on_frozen_proposals(backbone):
+    from fss_lab.engine.episodic import EpisodicConfig, train_episodic
+    from fss_lab.methods.mmformer import MMFormer
+    exp = FSSExperiment(FSSConfig(dataset="synthetic", dataset_kwargs={"image_size": 64, "n_images": 16},
+                                  image_size=(64, 64), n_episodes=3, min_area=16, device="cpu"), backbone=backbone)
+    levels = ("s32", "s16", "proposals")
+    items, caches = exp.train_split(levels)
+    learner = MMFormer(levels=("s32", "s16"), hidden_dim=16, nhead=2, dim_feedforward=32, num_layers=1, min_size=2)
+    with pytest.warns(UserWarning):
+        h = train_episodic(learner, EpisodicConfig(iterations=4, batch_episodes=2, optimizer="adamw", lr=1e-3,
+                                                   weight_decay=0.05, min_area=16, device="cpu"),
+                           fold=0, train_items=items, train_features=caches, progress=False)
+    steps = h.steps_frame()
+    assert len(steps) == 4 and steps["loss"].notna().all() and {"loss_fewshot_loss", "loss_co_loss"} <= set(steps)
+    before = caches["proposals"].get([0]).clone()
+    res = exp.evaluate(learner, 1, progress=False)
+    assert 0 <= res.miou <= 1 and torch.equal(caches["proposals"].get([0]), before)
+    assert learner.last_weights.shape == learner.last_similarity.shape == (1, 100)
