@@ -130,3 +130,14 @@ def test_mmformer_stage2_trains_the_matching_on_frozen_proposals(backbone):
     res = exp.evaluate(learner, 1, progress=False)
     assert 0 <= res.miou <= 1 and torch.equal(caches["proposals"].get([0]), before)
     assert learner.last_weights.shape == learner.last_similarity.shape == (1, 100)
+
+
+def test_meta_learner_fem_level_is_read_beside_the_prior_levels(backbone):
+    task, *_ = _image_task(backbone, k=1)
+    gen = torch.Generator().manual_seed(3)
+    extra = {"s16_expanded": torch.randn(1, 12, 4, 4, generator=gen)}
+    task = Task({**task.support_features, **extra}, task.support_labels, {**task.query_features, **extra},
+                task.label_space, 1, task.size)
+    learner = PFENetMetaLearner(reduce_dim=8, bins=(1.0,), backbone=backbone, fem_level="s16_expanded")
+    assert learner.feature_levels == ("s16", "s32", "s16_expanded")
+    assert learner.fit(task).network.mid_channels == 12 and learner.predict(task).shape == (1, 2, 64, 64)

@@ -168,6 +168,8 @@ class PFENetMetaLearner(_PriorLevels, Method):
         aux_weight: weight of the per-bin auxiliary losses (PFENet 1.0).
         backbone: the frozen backbone giving the layer-3 -> layer-4 path.
         seed: initialisation seed of the network (built on the first task, from its channel count).
+        fem_level: the level the FEM reads (query features and prototype); default ``levels[0]`` (PFENet: its
+            mid-level features; e.g. ``"s16_expanded"``, 672 channels on the same grid, is a wider choice).
 
     Attributes:
         network: the :class:`PFENetFEM` (``None`` until :meth:`build` or the first task).
@@ -180,8 +182,10 @@ class PFENetMetaLearner(_PriorLevels, Method):
 
     def __init__(self, levels: Sequence[str] = DEFAULT_LEVELS, reduce_dim: int = 256,
                  bins: Sequence[float] = PFENET_RATIO_BINS, aux_weight: float = 1.0,
-                 backbone: nn.Module | None = None, seed: int = 0):
-        self.levels = self.feature_levels = tuple(levels)
+                 backbone: nn.Module | None = None, seed: int = 0, fem_level: str | None = None):
+        self.levels = tuple(levels)
+        self.fem_level = fem_level
+        self.feature_levels = self.levels + ((fem_level,) if fem_level and fem_level not in self.levels else ())
         if len(self.levels) != 2:
             raise ValueError(f"levels must name ('layer 3', 'layer 4') levels, e.g. {DEFAULT_LEVELS}; got {levels!r}")
         self.reduce_dim, self.bins, self.aux_weight, self.seed = int(reduce_dim), tuple(bins), float(aux_weight), seed
@@ -203,10 +207,15 @@ class PFENetMetaLearner(_PriorLevels, Method):
                              f"this task has {mid_channels}; use features of the level it was trained on")
         return self.network
 
+    def _fem(self, task: Task) -> str:
+        """The level the FEM reads in ``task``."""
+        if self.fem_level and self.fem_level in task.support_features:
+            return self.fem_level
+        return _levels_of(task, self.levels)[0]
+
     def build_for(self, task: Task) -> PFENetFEM:
         """:meth:`build` with the task's mid-level channel count."""
-        mid, _, _ = _levels_of(task, self.levels)
-        return self.build(int(task.support(mid).shape[1]))
+        return self.build(int(task.support(self._fem(task)).shape[1]))
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """The trainable meta parts (everything of the FEM network; the backbone stays frozen)."""
@@ -220,9 +229,8 @@ class PFENetMetaLearner(_PriorLevels, Method):
         """The support-derived inputs of ``task`` (prototype ``[reduce_dim]``, layer-4 features, masks); with the
         network in its current mode (eval after training)."""
         net = self.build_for(task)
-        mid, _, _ = _levels_of(task, self.levels)
         layer4, masks = self.support_layer4(task)
-        f = task.support(mid).float()
+        f = task.support(self._fem(task)).float()
         prototype = net.prototype(f[None], masks[None])[0]
         return SupportInputs(prototype, layer4, masks)
 
@@ -238,8 +246,8 @@ class PFENetMetaLearner(_PriorLevels, Method):
     def predict_from(self, task: Task, inputs: SupportInputs | BlendedSupport) -> torch.Tensor:
         """Logits ``[Q, 2, H, W]`` of the task's queries given support inputs (or a blend of two, EFTNet)."""
         net = self.build_for(task)
-        mid, high, _ = _levels_of(task, self.levels)
-        fq = task.query(mid).float()
+        _, high, _ = _levels_of(task, self.levels)
+        fq = task.query(self._fem(task)).float()
         size = tuple(fq.shape[-2:])
         if isinstance(inputs, BlendedSupport):
             a, b, wgt = inputs.first, inputs.second, inputs.weight
@@ -266,7 +274,8 @@ class PFENetMetaLearner(_PriorLevels, Method):
         ``support [B, K, C, h, w]``, ``masks [B, K, H, W]`` and the (training-free) ``prior [B, 1, h, w]``."""
         rows = {"query": [], "support": [], "masks": [], "prior": []}
         for t in tasks:
-            mid, high, _ = _levels_of(t, self.levels)
+            _, high, _ = _levels_of(t, self.levels)
+            mid = self._fem(t)
             layer4, masks = self.support_layer4(t)
             fq = t.query(mid).float()
             q = fq.shape[0]
