@@ -62,3 +62,16 @@ def test_plot_prior_per_shot_and_mean():
     shown = torch.as_tensor(fig.axes[-1].images[0].get_array().data).double()
     assert torch.allclose(shown, priors.mean(0).double(), atol=1e-6)
     assert len(plot_prior(torch.rand(3, 48, 48), mask, priors[:1]).axes) == 3
+
+
+def test_self_alignment_view_matches_the_official_gate():
+    from fss_lab.models.mmformer.self_alignment import self_alignment
+    from fss_lab.viz.attention import plot_self_alignment, self_alignment_gates
+    f = torch.randn(6, 5, 7)
+    g = self_alignment_gates(f)
+    assert torch.allclose(g["aligned"], self_alignment(f[None])[0]) and torch.allclose(g["weights"].sum(), torch.tensor(1.))
+    assert torch.allclose(g["aligned"], f * g["gates"][:, None, None], atol=1e-6)
+    assert g["gates"][g["order"][0]] == g["gates"].max()
+    fig = plot_self_alignment(torch.rand(3, 20, 28), f, n_channels=3)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert sum(t.startswith("emphasised") for t in titles) == 2 and sum(t.startswith("suppressed") for t in titles) == 1

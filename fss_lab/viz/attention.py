@@ -6,7 +6,10 @@ twins headless; ipywidgets is imported inside the widget functions only).
   :attr:`fss_lab.models.mmformer.cross_alignment.CrossAlignment.last_attention`;
 * proposal browser (:func:`plot_proposals`): a query's proposals sorted by matching coefficient, each with its IoU
   to the ground truth, and the heuristic pick, the learned blend and the oracle side by side;
-* prior view (:func:`plot_prior`): the PFENet prior of a query next to its ground truth, per shot and averaged.
+* prior view (:func:`plot_prior`): the PFENet prior of a query next to its ground truth, per shot and averaged;
+* self-alignment view (:func:`self_alignment_gates`, :func:`plot_self_alignment`; MM-Former Fig. 5): the averaged
+  feature map, the softmax weights over positions, the most emphasised and most suppressed channels, before and
+  after gating.
 """
 from __future__ import annotations
 
@@ -226,4 +229,63 @@ def plot_prior(query_image, query_mask: torch.Tensor, priors: torch.Tensor) -> F
     return fig
 
 
-__all__ = ["attention_map", "plot_attention", "attention_explorer", "plot_proposals", "plot_prior", "DIRECTIONS"]
+def self_alignment_gates(features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What MM-Former's (official, channel) self-alignment does to one feature map.
+
+    Args:
+        features: float ``[C, h, w]`` backbone features of one image.
+
+    Returns:
+        ``{"mean_map" [h, w] (channel mean, the anchor), "weights" [h, w] (softmax over positions of the mean map,
+        sums to 1), "gates" [C] (``sigmoid(sum_p x_c(p) w(p))``, in (0, 1)), "aligned" [C, h, w] (``x * gate``),
+        "order" [C] (channels by decreasing gate)}``.
+    """
+    from ..models.mmformer.self_alignment import self_alignment, self_alignment_weights
+    x = features.float()[None]
+    w = self_alignment_weights(x)[0, 0]
+    gates = torch.sigmoid((x[0] * w).sum((1, 2)))
+    aligned = self_alignment(x)[0]
+    return {"mean_map": x[0].mean(0), "weights": w, "gates": gates, "aligned": aligned,
+            "order": torch.argsort(gates, descending=True)}
+
+
+def plot_self_alignment(image, features: torch.Tensor, n_channels: int = 3) -> Figure:
+    """The self-alignment view's twin (MM-Former Fig. 5): image, averaged feature map before / after gating, the
+    softmax weights over positions, and the ``n_channels`` most emphasised and most suppressed channels (each
+    titled with its gate), plus the sorted gates.
+
+    Args:
+        image: ``[3, H, W]`` / ``[H, W, 3]`` in ``[0, 1]``; features: ``[C, h, w]``.
+
+    Returns:
+        A Figure with two rows.
+    """
+    g = self_alignment_gates(features)
+    cols = max(4, n_channels + 1)
+    fig = Figure(figsize=(2.6 * cols, 5.4), layout="constrained")
+    axes = fig.subplots(2, cols, squeeze=False)
+    top = [(axes[0, 0], image_to_hwc(image), "image", None),
+           (axes[0, 1], g["mean_map"], "channel mean, before", "viridis"),
+           (axes[0, 2], g["aligned"].mean(0), "channel mean, after gating", "viridis"),
+           (axes[0, 3], g["weights"], "softmax weights over positions", "magma")]
+    for ax, data, title, cmap in top:
+        ax.imshow(np.asarray(data.cpu()) if isinstance(data, torch.Tensor) else data, cmap=cmap)
+        ax.set_title(title, fontsize=9)
+    order = g["order"].tolist()
+    picks = [("emphasised", c) for c in order[:n_channels // 2 + n_channels % 2]] + \
+        [("suppressed", c) for c in order[::-1][:n_channels // 2]]
+    for ax, (kind, c) in zip(axes[1, :len(picks)], picks):
+        ax.imshow(np.asarray(features[c].float().cpu()), cmap="viridis")
+        ax.set_title(f"{kind}: channel {c}\ngate {float(g['gates'][c]):.2f}", fontsize=9)
+    ax = axes[1, -1]
+    ax.plot(np.sort(np.asarray(g["gates"]))[::-1])
+    ax.set_title("gates, sorted", fontsize=9)
+    ax.set_ylim(0, 1)
+    for a in list(axes.flat):
+        if a is not ax:
+            a.axis("off")
+    return fig
+
+
+__all__ = ["attention_map", "plot_attention", "attention_explorer", "plot_proposals", "plot_prior",
+           "self_alignment_gates", "plot_self_alignment", "DIRECTIONS"]
