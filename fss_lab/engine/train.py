@@ -200,6 +200,67 @@ class _Schedule:
         return 1.0
 
 
+
+def seed_process(seed: int, rank: int = 0) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs with ``seed + rank`` (each DDP rank its own stream)."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+
+
+def resume_run(checkpoint_path: str | Path | None, resume: bool, config: dict, resume_keys: tuple[str, ...],
+               model: nn.Module, optimizer, scheduler, scaler, ctx: DistributedContext, seed: int,
+               total: int) -> tuple[int, dict | None]:
+    """The start of a checkpointed run, shared by base and episodic training: rank 0 removes partial checkpoints of
+    killed runs, every rank seeds its RNGs (:func:`seed_process`), then an existing checkpoint is loaded into the
+    model / optimizer / scheduler / scaler and each rank's RNG states restored (exact resumption).
+
+    Call it while rank 0 holds :func:`~fss_lab.engine.checkpoint.checkpoint_lock`, after a barrier.
+
+    Args:
+        config: this run's settings (a dict); ``resume_keys``: the keys that must equal the checkpoint's.
+
+    Returns:
+        ``(iterations already done, saved history dict or None)``.
+
+    Raises:
+        CheckpointError: an unreadable checkpoint, or one written with other ``resume_keys`` settings (names them).
+    """
+    if checkpoint_path is not None and ctx.is_main:
+        for stale in stale_temp_files(checkpoint_path):  # left by a dead writer; a live run's file is not listed
+            log.warning("removing %s, a partial checkpoint of a killed run", stale)
+            stale.unlink(missing_ok=True)
+    seed_process(seed, ctx.rank)
+    if checkpoint_path is None or not resume or not Path(checkpoint_path).is_file():
+        return 0, None
+    saved = read_checkpoint(checkpoint_path)
+    old = saved.get("config") or {}
+    diff = {k: (old.get(k), config.get(k)) for k in resume_keys if old.get(k) != config.get(k)}
+    if diff:
+        raise CheckpointError(f"checkpoint {checkpoint_path} was written with other settings {diff} (saved, "
+                              "now); pass resume=False, another checkpoint_path, or the saved settings")
+    state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler)
+    per_rank = state["extra"].get("rng_per_rank")
+    if per_rank and len(per_rank) == ctx.world_size:
+        set_rng_states(per_rank[ctx.rank])
+    if ctx.is_main:
+        log.info("resumed from %s at iteration %d/%d", checkpoint_path, int(state["iteration"]), total)
+    return int(state["iteration"]), state["history"]
+
+
+def save_run_checkpoint(checkpoint_path: str | Path, ctx: DistributedContext, model: nn.Module, optimizer, scheduler,
+                        scaler, iteration: int, history: dict, config: dict) -> None:
+    """Average BatchNorm buffers over ranks, gather every rank's RNG states and let rank 0 write the checkpoint
+    atomically (:func:`~fss_lab.engine.checkpoint.save_checkpoint`); every rank must call it."""
+    ctx.average_buffers(model)
+    rngs = ctx.all_gather_object(rng_states())  # every rank's RNGs: exact resumption under DDP too
+    if ctx.is_main:
+        save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                        iteration=iteration, history=history, config=config,
+                        extra={"rng_per_rank": rngs, "world_size": ctx.world_size})
+        log.info("checkpoint saved at iteration %d to %s", iteration, checkpoint_path)
+
+
 class _HeadRunner(nn.Module):
     """Runs the head + classifier of a PSPNet on cached backbone features (a module so DDP can wrap it)."""
 
@@ -367,28 +428,10 @@ def train_base(model: nn.Module, train_set, val_set=None, config: TrainConfig | 
     lock = checkpoint_lock(checkpoint_path, lock_timeout) if checkpoint_path is not None and main else None
     try:
         ctx.barrier()  # the other ranks read the checkpoint only once rank 0 holds its lock
-        start = 0
-        if checkpoint_path is not None and main:
-            for stale in stale_temp_files(checkpoint_path):  # left by a dead writer; a live run's file is not listed
-                log.warning("removing %s, a partial checkpoint of a killed run", stale)
-                stale.unlink(missing_ok=True)
-        random.seed(config.seed + ctx.rank)
-        np.random.seed((config.seed + ctx.rank) % 2**32)
-        torch.manual_seed(config.seed + ctx.rank)
-        if checkpoint_path is not None and resume and Path(checkpoint_path).is_file():
-            saved = read_checkpoint(checkpoint_path)
-            old = saved.get("config") or {}
-            diff = {k: (old.get(k), history.config[k]) for k in RESUME_KEYS if old.get(k) != history.config[k]}
-            if diff:
-                raise CheckpointError(f"checkpoint {checkpoint_path} was written with other settings {diff} (saved, "
-                                      "now); pass resume=False, another checkpoint_path, or the saved settings")
-            state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler)
-            start, history = int(state["iteration"]), TrainHistory.from_dict(state["history"])
-            per_rank = state["extra"].get("rng_per_rank")
-            if per_rank and len(per_rank) == ctx.world_size:
-                set_rng_states(per_rank[ctx.rank])
-            if main:
-                log.info("resumed from %s at iteration %d/%d", checkpoint_path, start, total)
+        start, saved = resume_run(checkpoint_path, resume, history.config, RESUME_KEYS, model, optimizer, scheduler,
+                                  scaler, ctx, config.seed, total)
+        if saved is not None:
+            history = TrainHistory.from_dict(saved)
 
         channels_last = device.type == "cpu" if config.channels_last is None else config.channels_last
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -412,13 +455,8 @@ def train_base(model: nn.Module, train_set, val_set=None, config: TrainConfig | 
             history.evals.append({"iteration": it, **scores})
 
         def checkpoint(it: int) -> None:
-            ctx.average_buffers(model)
-            rngs = ctx.all_gather_object(rng_states())  # every rank's RNGs: exact resumption under DDP too
-            if main:
-                save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                iteration=it, history=history.to_dict(), config=history.config,
-                                extra={"rng_per_rank": rngs, "world_size": ctx.world_size})
-                log.info("checkpoint saved at iteration %d to %s", it, checkpoint_path)
+            save_run_checkpoint(checkpoint_path, ctx, model, optimizer, scheduler, scaler, it, history.to_dict(),
+                                history.config)
 
         bar = progress_bar(total=total, initial=start, desc="base training", progress=progress and main)
         running = history.steps[-1]["loss"] if history.steps else None

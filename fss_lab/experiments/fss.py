@@ -22,6 +22,7 @@ from ..engine.evaluate import Result, evaluate_fss
 from ..methods.base import Method
 from ..models.backbones import create_backbone
 from ..models.features import FeatureCache, FeatureExtractor
+from ..models.proposal_features import PROPOSAL_LEVEL, ProposalExtractor
 
 @dataclass
 class FSSConfig:
@@ -102,6 +103,44 @@ class FSSExperiment:
             self.support_cache = FeatureCache(self.extractor, self.support_items.image,
                                               image_id=self.support_dataset.image_id)
         self._episodes: dict[int, EpisodeList] = {}
+        self._level_caches: dict[tuple[str, str], FeatureCache] = {}
+        self._train_items: TransformedItems | None = None
+
+    def _cache(self, role: str, level: str, items: TransformedItems) -> FeatureCache:
+        key = (role, level)
+        if key not in self._level_caches:
+            if level == PROPOSAL_LEVEL:
+                extractor = ProposalExtractor()
+            else:
+                extractor = FeatureExtractor(self.backbone, levels=(level,), device=self.device)
+            self._level_caches[key] = FeatureCache(extractor, items.image, image_id=items.dataset.image_id,
+                                                   key=f"{items.key}/{self.config.backbone}:{level}")
+        return self._level_caches[key]
+
+    def level_caches(self, levels: Sequence[str]) -> tuple[dict[str, FeatureCache], dict[str, FeatureCache]]:
+        """One cache per level (query split, support split) for multi-level methods (PFENet-style, MM-Former),
+        sharing the backbone; the level ``"proposals"`` gives SLIC proposals
+        (:class:`~fss_lab.models.proposal_features.ProposalExtractor`). Built once per level, then reused.
+
+        Returns:
+            ``({level: query cache}, {level: support cache})`` (the same dict twice for same-split protocols).
+
+        Raises:
+            KeyError: a level the backbone does not have (lists the valid ones).
+        """
+        q = {lv: self._cache("query", lv, self.query_items) for lv in levels}
+        if self.support_dataset is self.query_dataset:
+            return q, q
+        return q, {lv: self._cache("support", lv, self.support_items) for lv in levels}
+
+    def train_split(self, levels: Sequence[str]) -> tuple[TransformedItems, dict[str, FeatureCache]]:
+        """The training split through the experiment's transform and one cache per level, for episodic
+        meta-training on base classes (:func:`fss_lab.engine.episodic.train_episodic`)."""
+        if self._train_items is None:
+            ds = self.support_dataset if self.support_dataset.split == "train" else \
+                create_dataset(self.config.dataset, self.config.data_root, split="train", **self.config.dataset_kwargs)
+            self._train_items = TransformedItems(ds, self.transform)
+        return self._train_items, {lv: self._cache("train", lv, self._train_items) for lv in levels}
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -130,7 +169,8 @@ class FSSExperiment:
     def evaluate(self, method: Method | Callable[[], Method], shots: int, *, label: str | None = None,
                  keep_predictions: int = 0, progress: bool = True) -> Result:
         """Evaluate a method (or a zero-argument factory) on the ``shots``-shot episodes, features from the shared
-        caches (the level is named after the extractor's first level).
+        caches (the level is named after the extractor's first level; a method whose ``feature_levels`` name other
+        levels gets one cache per level, :meth:`level_caches`).
 
         Args:
             method: a :class:`~fss_lab.methods.base.Method` handling 1-way tasks, or ``() -> Method``.
@@ -142,9 +182,13 @@ class FSSExperiment:
         """
         m = as_method(method)
         level = self.config.levels[0]
-        res = evaluate_fss(m, self.episodes(shots), self.query_items, self.support_items,
-                           {level: self.query_cache}, {level: self.support_cache}, device=self.device,
-                           keep_predictions=keep_predictions, progress=progress)
+        wanted = tuple(m.feature_levels)
+        if wanted and set(wanted) != {level}:  # a multi-level method: one cache per level
+            q_caches, s_caches = self.level_caches(wanted)
+        else:
+            q_caches, s_caches = {level: self.query_cache}, {level: self.support_cache}
+        res = evaluate_fss(m, self.episodes(shots), self.query_items, self.support_items, q_caches, s_caches,
+                           device=self.device, keep_predictions=keep_predictions, progress=progress)
         if label:
             res.method = label
         return res

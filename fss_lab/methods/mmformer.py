@@ -1,0 +1,246 @@
+"""MM-Former's training-free baselines (Zhang et al., "Mask Matching Transformer for Few-Shot Segmentation",
+NeurIPS 2022, Sec. 3.3 and Tab. 3a): segment the query by picking ONE of its class-agnostic proposals.
+
+* ``mmformer-heuristic`` (:class:`HeuristicMatching`): the proposal whose mask-pooled embedding has the highest
+  cosine to the support prototype (Tab. 3a row 1; ``self_align=True`` adds the parameter-free self-alignment,
+  row 2), features of several levels concatenated (:func:`~fss_lab.models.mmformer.mask_matching.heuristic_mask_matching`).
+* :class:`OracleMatching` (named ``mmformer-oracle``; not in the registry, since the contract test's tasks carry no
+  query labels; evaluate it with :func:`~fss_lab.engine.evaluate.evaluate_fss`, which passes them): the proposal with the highest IoU with the query ground truth
+  (the paper's oracle analysis: the upper bound of picking one proposal; reads the query labels).
+
+Proposals travel as the task level ``"proposals"`` (:class:`~fss_lab.models.proposal_features.ProposalExtractor`
+in a feature cache: SLIC superpixels by default; a POS's sigmoid masks work the same way). A task without that
+level is handled with one proposal per feature cell of its default level (a pixel-level fallback).
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..models.mmformer.mask_matching import blend_proposals, heuristic_mask_matching, oracle_matching
+from ..models.proposal_features import PROPOSAL_LEVEL
+from .base import Method, NotFittedError, check_fss_support
+from .registry import register_method
+from .task import Task
+
+#: Floor of the proposal masks fed to the learned matching (keeps padded empty proposals finite).
+EMPTY_FLOOR = 1e-6
+#: Default backbone levels of the matching on EfficientNet-Lite0 (MM-Former: res5, res4, res3).
+MATCHING_LEVELS = ("s32", "s16", "s8")
+
+
+def _proposals(task: Task, query: bool = True) -> torch.Tensor:
+    """``[Q, N, h, w]`` proposals of the task's queries (the fallback: one-hot feature cells)."""
+    if PROPOSAL_LEVEL in task.query_features:
+        return task.query(PROPOSAL_LEVEL).float()
+    f = task.query()
+    q, _, h, w = f.shape
+    return torch.eye(h * w, dtype=torch.float32, device=f.device).view(h * w, h, w)[None].expand(q, -1, -1, -1)
+
+
+def _feature_levels(task: Task, levels: Sequence[str]) -> list[str]:
+    have = [lv for lv in levels if lv in task.support_features]
+    return have or [task.levels[0]]
+
+
+class _ProposalMethod(Method):
+    label_spaces: ClassVar[tuple[str, ...]] = ("fss",)
+
+    def __init__(self, levels: Sequence[str] = MATCHING_LEVELS):
+        self.levels = tuple(levels)
+        self.feature_levels = (*self.levels, PROPOSAL_LEVEL)
+        self.task: Task | None = None
+
+    def fit(self, task: Task) -> "_ProposalMethod":
+        """Store the support set (the matching is computed per query in :meth:`predict`)."""
+        self.check_task(task)
+        check_fss_support(task)
+        self.task = task
+        return self
+
+
+@register_method
+class HeuristicMatching(_ProposalMethod):
+    """Training-free MM-Former baseline: the proposal with the highest cosine to the support prototype.
+
+    Args:
+        levels: backbone levels whose (self-aligned) features are concatenated (default ``("s32", "s16", "s8")``).
+        self_align: apply the parameter-free self-alignment first (Tab. 3a row 2) or not (row 1).
+
+    Returns (``predict``): ``[Q, 2, H, W]`` ``[1 - M, M]`` of the chosen proposal (bilinear to the label size), a
+    probability pair, not logits (its argmax is the prediction). After ``predict``, ``last_similarity`` holds the
+    ``[Q, N]`` cosines (for the proposal browser).
+    """
+
+    name: ClassVar[str] = "mmformer-heuristic"
+
+    def __init__(self, levels: Sequence[str] = MATCHING_LEVELS, self_align: bool = True):
+        super().__init__(levels)
+        self.self_align = bool(self_align)
+        self.last_similarity: torch.Tensor | None = None
+
+    def predict(self, task: Task) -> torch.Tensor:
+        if self.task is None:
+            raise NotFittedError("call fit(task) with a support set before predict()")
+        sup = self.task
+        levels = _feature_levels(task, self.levels)
+        props = _proposals(task)
+        q = props.shape[0]
+        qf = [task.query(lv).float() for lv in levels]
+        sf = [[sup.support(lv).float()[k:k + 1].expand(q, -1, -1, -1) for lv in levels] for k in range(sup.shots)]
+        masks = sup.support_labels.long()[None].expand(q, -1, -1, -1)
+        out, sim = heuristic_mask_matching(qf, sf, masks, props, self_align=self.self_align, size=task.size)
+        self.last_similarity = sim
+        return out
+
+
+class OracleMatching(_ProposalMethod):
+    """The oracle of MM-Former's analysis: the proposal with the highest IoU with the query ground truth.
+
+    An upper bound, not a few-shot method: it reads ``task.query_labels`` (``reads_query_labels``); ignore pixels
+    count as background. Returns ``[Q, 2, H, W]`` ``[1 - M, M]``.
+    """
+
+    name: ClassVar[str] = "mmformer-oracle"
+    reads_query_labels = True
+
+    def predict(self, task: Task) -> torch.Tensor:
+        if self.task is None:
+            raise NotFittedError("call fit(task) with a support set before predict()")
+        if task.query_labels is None:
+            raise ValueError(f"{self.name} reads the query labels (an upper bound); this task has none "
+                             f"({task.describe()}); evaluate it with fss_lab's evaluator, which passes them")
+        props = _proposals(task)
+        out = oracle_matching(props, task.query_labels.long())
+        return out if tuple(out.shape[-2:]) == tuple(task.size) else \
+            F.interpolate(out, size=task.size, mode="bilinear", align_corners=False)
+
+
+
+
+
+def _stack_inputs(tasks: Sequence[Task], levels: Sequence[str]) -> dict:
+    """Network inputs of equal-shaped 1-way tasks, one row per query: ``query`` (per level ``[B, C, h, w]``),
+    ``support`` (per shot, per level), ``masks [B, K, H, W]``, ``proposals [B, N, h, w]``."""
+    rows: dict[str, list] = {"query": [], "support": [], "masks": [], "proposals": []}
+    for t in tasks:
+        lv = _feature_levels(t, levels)
+        props = _proposals(t)
+        q = props.shape[0]
+        rows["query"].append([t.query(x).float() for x in lv])
+        rows["support"].append([[t.support(x).float()[k:k + 1].expand(q, -1, -1, -1) for x in lv]
+                                for k in range(t.shots)])
+        rows["masks"].append(t.support_labels.long()[None].expand(q, -1, -1, -1))
+        # padded empty superpixel proposals would give 0/0 embeddings (the official pooling has no epsilon):
+        # a floor of EMPTY_FLOOR keeps them finite and adds at most N * EMPTY_FLOOR * max|w| to the blend
+        rows["proposals"].append(props.clamp(min=EMPTY_FLOOR))
+    n_lv, n_k = len(rows["query"][0]), len(rows["support"][0])
+    return {"query": [torch.cat([r[i] for r in rows["query"]]) for i in range(n_lv)],
+            "support": [[torch.cat([r[k][i] for r in rows["support"]]) for i in range(n_lv)] for k in range(n_k)],
+            "masks": torch.cat(rows["masks"]), "proposals": torch.cat(rows["proposals"]),
+            "size": tuple(tasks[0].size)}
+
+
+@register_method
+class MMFormer(_ProposalMethod):
+    """MM-Former's stage 2: the Mask Matching module (Feature Alignment Block + learnable matching MLP) trained on
+    base-class episodes with the proposal source frozen (the paper's two-stage strategy), by
+    :func:`fss_lab.engine.episodic.train_episodic`.
+
+    Proposals come from the task level ``"proposals"`` (a frozen source: SLIC superpixels in the QUICK run, or a
+    stage-1 POS's masks). Loss: MM-Former's ``10 * Dice + 6 * co_loss`` (:func:`~fss_lab.losses.mmformer.mmformer_loss`;
+    ``co_weight=0`` drops the ranking loss, Tab. 3a's last row).
+
+    Args:
+        levels: backbone levels (default ``("s32", "s16", "s8")``, MM-Former's res5/res4/res3).
+        hidden_dim / nhead / dim_feedforward / num_layers / min_size: :class:`~fss_lab.models.mmformer.
+            feature_alignment.FeatureAlignmentBlock` (official 256 / 4 / 512 / 2 / 15).
+        co_weight: weight of ``co_loss`` (official 6).
+        seed: initialisation seed.
+
+    Returns (``predict``): ``[Q, 2, H, W]`` ``[1 - fg, fg]`` with ``fg = sum_n w_n M_n`` (a blend, not logits; its
+    argmax is the prediction). ``last_similarity`` / ``last_weights`` hold the ``[Q, N]`` cosines and matching
+    coefficients of the last ``predict`` (the proposal browser reads them).
+    """
+
+    name: ClassVar[str] = "mmformer"
+    episodic_training: ClassVar[bool] = True
+
+    def __init__(self, levels: Sequence[str] = MATCHING_LEVELS, hidden_dim: int = 256, nhead: int = 4,
+                 dim_feedforward: int = 512, num_layers: int = 2, min_size: int = 15, co_weight: float = 6.0,
+                 seed: int = 0):
+        super().__init__(levels)
+        self.alignment = dict(hidden_dim=hidden_dim, nhead=nhead, dim_feedforward=dim_feedforward,
+                              num_layers=num_layers, min_size=min_size)
+        self.co_weight, self.seed = float(co_weight), seed
+        self.network = None
+        self.last_similarity: torch.Tensor | None = None
+        self.last_weights: torch.Tensor | None = None
+        self._proposals: torch.Tensor | None = None
+
+    def build_for(self, task: Task):
+        """Create the :class:`~fss_lab.models.mmformer.mask_matching.MaskMatching` network for the task's channel
+        counts and number of proposals (seeded; no-op when it exists)."""
+        from ..models.mmformer.mask_matching import MaskMatching
+        channels = tuple(int(task.support(lv).shape[1]) for lv in _feature_levels(task, self.levels))
+        n = int(_proposals(task).shape[1])
+        if self.network is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self.network = MaskMatching(channels, n, **self.alignment)
+            self.network.eval()
+        elif self.network.matching_mlp.num_proposals != n:
+            raise ValueError(f"{self.name}: the matching MLP was built for {self.network.matching_mlp.num_proposals} "
+                             f"proposals, this task has {n}; use the same proposal source and N")
+        return self.network
+
+    def meta_parameters(self) -> list:
+        """The trainable parts (alignment block and matching MLP)."""
+        if self.network is None:
+            raise NotFittedError(f"{self.name}: build the network first (a task)")
+        return list(self.network.parameters())
+
+    def training_module(self):
+        """The network the episodic engine trains and checkpoints."""
+        if self.network is None:
+            raise NotFittedError(f"{self.name}: build the network first (a task)")
+        return self.network
+
+    def fit(self, task: Task) -> "MMFormer":
+        super().fit(task)
+        self.build_for(task).eval()
+        return self
+
+    def predict(self, task: Task) -> torch.Tensor:
+        if self.task is None:
+            raise NotFittedError("call fit(task) with a support set before predict()")
+        sup = self.task
+        joined = Task(sup.support_features, sup.support_labels, task.query_features, sup.label_space, sup.shots,
+                      task.size)
+        inputs = _stack_inputs([joined], self.levels)
+        net = self.build_for(task)
+        out, sim = net(inputs["query"], inputs["support"], inputs["masks"], inputs["proposals"], size=task.size)
+        self.last_similarity = sim
+        self.last_weights = net.matching_mlp(sim)
+        return out
+
+    @torch.no_grad()
+    def episode_inputs(self, tasks: Sequence[Task]) -> dict:
+        """See :func:`_stack_inputs`."""
+        inputs = _stack_inputs(tasks, self.levels)
+        self._proposals = inputs["proposals"]
+        return inputs
+
+    def episode_forward(self, network, inputs: dict):
+        """``(out [B, 2, H, W], similarity [B, N])``."""
+        return network(inputs["query"], inputs["support"], inputs["masks"], inputs["proposals"], size=inputs["size"])
+
+    def episode_loss(self, outputs, labels: torch.Tensor) -> dict:
+        """``{"total", "fewshot_loss", "co_loss"}`` (official weights 10 and ``co_weight``)."""
+        from ..losses.mmformer import mmformer_loss
+        out, sim = outputs
+        return mmformer_loss(out.float(), sim.float(), self._proposals, labels, co_weight=self.co_weight)
+
+__all__ = ["HeuristicMatching", "OracleMatching", "MMFormer", "MATCHING_LEVELS", "blend_proposals"]
