@@ -75,7 +75,7 @@ test-lowest:
 
 # The rendered site: execute every notebook (QUICK) into book/executed/, then build HTML with Sphinx + MyST-NB
 # (figures included) into book/_build/html; open book/_build/html/index.html.
-BOOK_NOTEBOOKS := 00_quickstart 01_base_training 02_gfss_finetuning_triplet 03_contrastive_distillation 04_infomax_diam
+BOOK_NOTEBOOKS := 00_quickstart 01_base_training 02_gfss_finetuning_triplet 03_contrastive_distillation 04_infomax_diam 07_your_own_images
 book: env
 	mkdir -p book/executed
 	cd notebooks && for nb in $(BOOK_NOTEBOOKS); do \
