@@ -358,6 +358,74 @@ def evaluate_base(model: nn.Module, val_set, num_classes: int, *, ctx: Distribut
             "base_miou_with_bg": float(np.mean(with_bg)) if with_bg else math.nan, "per_class": per_class}
 
 
+def _prepare_model(model: nn.Module, train_set, config: TrainConfig, device: torch.device) -> int:
+    """Check the output count against the training set, freeze the backbone (and aux head) when asked, move the
+    model to ``device``; returns the number of classes (background + base)."""
+    num_classes = getattr(model, "num_classes", None) or getattr(train_set, "num_classes")
+    if getattr(train_set, "num_classes", num_classes) != num_classes:
+        raise ValueError(f"the model has {num_classes} outputs but the training set has {train_set.num_classes} "
+                         "labels (background + base classes); build PSPNet(num_classes=train_set.num_classes)")
+    if config.freeze_backbone or getattr(model, "freeze_backbone", False):
+        model.freeze_backbone = True
+        for part in (model.backbone, getattr(model, "aux", None)):
+            if part is not None:
+                part.requires_grad_(False)
+    model.to(device)
+    return num_classes
+
+
+def _optimiser(model: nn.Module, config: TrainConfig, total: int, use_amp: bool):
+    """SGD with the head at ``lr * head_lr_mult`` and the (trainable) backbone at ``lr``, the poly / cosine
+    schedule over ``total`` iterations, and the AMP gradient scaler: ``(optimizer, scheduler, scaler)``."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    ids = {id(p) for p in backbone}
+    head = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": head, "lr": config.lr * config.head_lr_mult}] + ([{"params": backbone}] if backbone else [])
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(config.schedule, total, config.poly_power))
+    return optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=use_amp)
+
+
+def _epoch_loader(train_set, bank, n_train: int, local_batch: int, ctx: DistributedContext, config: TrainConfig,
+                  epoch: int, skip: int, device: torch.device):
+    """The batches of ``epoch`` from batch ``skip`` on (the seeded order every rank agrees on): from the cached
+    feature bank with its seeded flips, or through a ``DataLoader`` with its own generator (the global RNG stays
+    exact for resumption)."""
+    batches = _epoch_batches(n_train, local_batch, ctx, config.seed, epoch)[skip:]
+    if bank is not None:
+        flips = _flip_bits(n_train, config.seed, epoch)
+        return ((bank[0][flips[b], b], bank[1][flips[b], b]) for b in map(torch.tensor, batches))
+    if hasattr(train_set, "set_epoch"):
+        train_set.set_epoch(epoch)
+    return DataLoader(train_set, batch_sampler=batches, num_workers=config.num_workers,
+                      pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+
+
+def _train_step(runner: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, cached: bool,
+                use_amp: bool, optimizer, scheduler, scaler) -> dict[str, float]:
+    """One optimisation step on a batch (``y`` already on the loss grid): label-smoothed CE + aux (+ the extra
+    term), AMP-scaled backward, SGD and schedule steps; returns the step's losses and learning rate."""
+    k = config.loss_stride
+    with torch.autocast("cuda", torch.float16, enabled=use_amp):
+        logits, aux_logits, feats = runner(x, tuple(y.shape[-2:])) if cached else runner(x, True)
+    if not cached and k > 1:
+        logits, aux_logits = (None if t is None else t[..., k // 2::k, k // 2::k] for t in (logits, aux_logits))
+    parts = pspnet_loss(logits.float(), y, None if aux_logits is None else aux_logits.float(),
+                        aux_weight=config.aux_weight, label_smoothing=config.label_smoothing)
+    extra = config.extra_loss(feats, y, logits) if config.extra_loss is not None else parts.main * 0
+    loss = parts.total + extra
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    return {"loss": float(loss.detach()), "loss_main": float(parts.main.detach()),
+            "loss_aux": float(parts.aux.detach()), "loss_extra": float(extra.detach()), "lr": lr}
+
+
 def train_base(model: nn.Module, train_set, val_set=None, config: TrainConfig | None = None,
                checkpoint_path: str | Path | None = None, resume: bool = True, progress: bool = True,
                ctx: DistributedContext | None = None, lock_timeout: float | None = None) -> TrainHistory:
@@ -402,27 +470,9 @@ def train_base(model: nn.Module, train_set, val_set=None, config: TrainConfig | 
         raise ValueError(f"{n_train} training images cannot fill one batch of {config.batch_size}")
     total = config.iterations or config.epochs * steps_per_epoch
     use_amp = bool(config.amp and device.type == "cuda")
-    frozen = bool(config.freeze_backbone or getattr(model, "freeze_backbone", False))
     cached = config.cache_backbone_features
-    num_classes = getattr(model, "num_classes", None) or getattr(train_set, "num_classes")
-    if getattr(train_set, "num_classes", num_classes) != num_classes:
-        raise ValueError(f"the model has {num_classes} outputs but the training set has {train_set.num_classes} "
-                         "labels (background + base classes); build PSPNet(num_classes=train_set.num_classes)")
-    if frozen:
-        model.freeze_backbone = True
-        for part in (model.backbone, getattr(model, "aux", None)):
-            if part is not None:
-                part.requires_grad_(False)
-    model.to(device)
-
-    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
-    ids = {id(p) for p in backbone}
-    head = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    groups = [{"params": head, "lr": config.lr * config.head_lr_mult}] + ([{"params": backbone}] if backbone else [])
-    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                                weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(config.schedule, total, config.poly_power))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    num_classes = _prepare_model(model, train_set, config, device)
+    optimizer, scheduler, scaler = _optimiser(model, config, total, use_amp)
     history = TrainHistory(config=config.to_dict())
 
     lock = checkpoint_lock(checkpoint_path, lock_timeout) if checkpoint_path is not None and main else None
@@ -463,44 +513,18 @@ def train_base(model: nn.Module, train_set, val_set=None, config: TrainConfig | 
         t0, it, k = time.perf_counter(), start, config.loss_stride
         while it < total:
             epoch, skip = divmod(it, steps_per_epoch)
-            batches = _epoch_batches(n_train, local_batch, ctx, config.seed, epoch)[skip:]
-            if cached:
-                flips = _flip_bits(n_train, config.seed, epoch)
-                loader = ((bank[0][flips[b], b], bank[1][flips[b], b]) for b in map(torch.tensor, batches))
-            else:
-                if hasattr(train_set, "set_epoch"):
-                    train_set.set_epoch(epoch)
-                loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.num_workers,
-                                    pin_memory=device.type == "cuda",  # own generator: keeps the global RNG exact
-                                    generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+            loader = _epoch_loader(train_set, bank if cached else None, n_train, local_batch, ctx, config, epoch,
+                                   skip, device)
             model.train()
             for x, y in loader:
                 if it >= total:
                     break
                 x = x.to(device, non_blocking=True).float().contiguous(memory_format=fmt)
                 y = y.to(device, non_blocking=True).long()[:, k // 2::k, k // 2::k]  # the loss grid
-                with torch.autocast("cuda", torch.float16, enabled=use_amp):
-                    logits, aux_logits, feats = runner(x, tuple(y.shape[-2:])) if cached else runner(x, True)
-                if not cached and k > 1:
-                    logits, aux_logits = (None if t is None else t[..., k // 2::k, k // 2::k]
-                                          for t in (logits, aux_logits))
-                parts = pspnet_loss(logits.float(), y, None if aux_logits is None else aux_logits.float(),
-                                    aux_weight=config.aux_weight, label_smoothing=config.label_smoothing)
-                extra = config.extra_loss(feats, y, logits) if config.extra_loss is not None else parts.main * 0
-                loss = parts.total + extra
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
+                step = _train_step(runner, x, y, config, cached, use_amp, optimizer, scheduler, scaler)
                 it += 1
-                value = float(loss.detach())
-                running = value if running is None else 0.9 * running + 0.1 * value
-                history.steps.append({"iteration": it, "epoch": epoch, "loss": value,
-                                      "loss_main": float(parts.main.detach()), "loss_aux": float(parts.aux.detach()),
-                                      "loss_extra": float(extra.detach()), "lr": lr,
-                                      "seconds": time.perf_counter() - t0})
+                running = step["loss"] if running is None else 0.9 * running + 0.1 * step["loss"]
+                history.steps.append({"iteration": it, "epoch": epoch, **step, "seconds": time.perf_counter() - t0})
                 if val_set is not None and (it == total or (config.eval_every and it % config.eval_every == 0)):
                     validate(it)
                     model.train()
