@@ -15,9 +15,13 @@ Usage: ``python bench/feature_cache.py [--dataset synthetic|camvid] [--data-root
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fss_lab, not an installed one
 
 from fss_lab.experiments import FSSConfig, FSSExperiment
 from fss_lab.methods.prototype import PrototypeBaseline
@@ -74,7 +78,7 @@ def main() -> None:
     exp.query_cache.clear()
     exp.support_cache.clear()
     t0 = time.perf_counter()
-    res = exp.run(PrototypeBaseline(), args.shots, progress=False)
+    res = exp.evaluate(PrototypeBaseline(), args.shots, progress=False)
     cached = time.perf_counter() - t0
 
     from fss_lab.engine.evaluate import evaluate_fss
@@ -89,7 +93,7 @@ def main() -> None:
     uncached = (time.perf_counter() - t0) * len(episodes) / n_un
 
     print(f"floor  (one backbone pass over the unique images): {floor:8.2f} s")
-    print(f"cached (all {len(episodes)} episodes, cache filled during the run): {cached:8.2f} s   mIoU {100 * res.miou:.1f}")
+    print(f"cached (all {len(episodes)} episodes, cache filled during the run): {cached:8.2f} s   mIoU {100 * res.scores['mIoU']:.1f}")
     print(f"uncached (estimated from {n_un} episodes):            {uncached:8.2f} s")
     print(f"ratio cached / floor   = {cached / floor:.2f}   (goal <= 1.3)")
     print(f"ratio uncached / cached = {uncached / cached:.1f}x")

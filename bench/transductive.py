@@ -30,13 +30,18 @@ Usage: ``python bench/transductive.py [--dim 128] [--grid 24] [--queries 20] [--
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fss_lab, not an installed one
 import torch.nn.functional as F
 
 from fss_lab.methods.diam import DIaM
 from fss_lab.methods.repri import RePRI
+from fss_lab.methods.task import Task
 from fss_lab.metrics import FSSMeter, GFSSMeter
 
 
@@ -79,11 +84,15 @@ def bench_diam(args, device, g):
                               args.grid, size, g)
     fs, ls, fq, lq = fs.to(device), ls.to(device), fq.to(device), lq.to(device)
     base_w, base_b = 0.25 * dirs[:1 + b].to(device), torch.zeros(1 + b, device=device)  # the "trained" classifier
-    DIaM(base_w, base_b, n, k, iterations=2).fit(fs, ls, fq[:2])  # warm-up
-    m_b, t_b = timed(lambda: DIaM(base_w, base_b, n, k, snapshot_at=(0,)).fit(fs, ls, fq), device)
-    p_b = m_b.predict_proba(fq, (size, size))
-    m_l, t_l = timed(lambda: DIaM(base_w, base_b, n, k).fit(fs, ls, fq, batched=False), device)
-    p_l = m_l.predict_proba(fq, (size, size))
+    def task(f):
+        return Task.gfss(fs, ls, f, num_base=b, num_novel=n, shots=k, size=(size, size), level="bottleneck")
+
+    task_all = task(fq)
+    DIaM.from_weights(base_w, base_b, iterations=2).fit(task(fq[:2]))  # warm-up
+    m_b, t_b = timed(lambda: DIaM.from_weights(base_w, base_b, snapshot_at=(0,)).fit(task_all), device)
+    p_b = m_b.predict_proba(task_all)
+    m_l, t_l = timed(lambda: DIaM.from_weights(base_w, base_b).fit(task_all, batched=False), device)
+    p_l = m_l.predict_proba(task_all)
     scores = []
     for pred in (p_b.argmax(1), p_l.argmax(1), m_b.snapshot_predictions((size, size))[0]):
         meter = GFSSMeter(c, range(1, 1 + b), range(1 + b, c))
@@ -113,9 +122,10 @@ def bench_repri(args, device, g):
         fs_l.append(fs), ms_l.append(ms), fq_l.append(fq), mq_l.append(mq)
     fs, ms = torch.stack(fs_l).to(device), torch.stack(ms_l).to(device)
     fq, mq = torch.stack(fq_l).to(device), torch.stack(mq_l).to(device)
-    RePRI(adapt_iter=2).fit_predict_episodes(fs[:2], ms[:2], fq[:2], (size, size))  # warm-up
-    lp_b, t_b = timed(lambda: RePRI().fit_predict_episodes(fs, ms, fq, (size, size)), device)
-    lp_l, t_l = timed(lambda: RePRI().fit_predict_episodes(fs, ms, fq, (size, size), batched=False), device)
+    tasks = [Task.fss(fs[i], ms[i], fq[i], (size, size)) for i in range(e)]
+    RePRI(adapt_iter=2).fit_predict(tasks[:2])  # warm-up
+    lp_b, t_b = timed(lambda: torch.stack(RePRI().fit_predict(tasks)), device)
+    lp_l, t_l = timed(lambda: torch.stack(RePRI().fit_predict(tasks, batched=False)), device)
     p_b, p_l = lp_b.exp(), lp_l.exp()
     mious = []
     for p in (p_b, p_l):
