@@ -77,7 +77,9 @@ class DIaM(Method):
         snapshot_at: step counts (0 = before the first step) at which the query probabilities are stored in
             ``snapshots`` (feature resolution), for the notebook's slider.
         align_corners: of the bilinear up-sampling in :meth:`predict` (the official scoring uses True).
-        task_chunk: optimise at most this many queries at once (memory bound; results do not depend on it).
+        task_chunk: optimise at most this many queries at once (memory bound; results do not depend on it). None:
+            as many as keep the support logits of a chunk (``S*h*w x T x C`` floats, three such buffers live
+            per step) under :attr:`LOGIT_BUDGET` bytes.
 
     The shot count K (the CE background weight: 0.01 at K = 1, 0.15 otherwise) and N come from the task.
     Defaults are the official ones (config/pascal.yaml). After :meth:`fit`: ``weight [T, C, D]``, ``bias [T, C]``,
@@ -94,6 +96,7 @@ class DIaM(Method):
     transductive: ClassVar[bool] = True
     feature_levels: ClassVar[tuple[str, ...]] = ("bottleneck",)
     label_spaces: ClassVar[tuple[str, ...]] = ("gfss",)
+    LOGIT_BUDGET: ClassVar[int] = 256 * 2 ** 20  # bytes of support logits per chunk of tasks (task_chunk=None)
 
     def __init__(self, model, *, lr: float = 0.00125, iterations: int = 100,
                  weights: Sequence[float] = (100.0, 1.0, 1.0, 100.0), prior: str = "self",
@@ -211,7 +214,9 @@ class DIaM(Method):
                 fq.shape[0], *size, dtype=torch.bool, device=fq.device)
         valid_q = resize_labels(query_valid.to(fq.device).long(), size).unsqueeze(1)  # [Q, 1, h, w]
         ds_q = None if query_labels is None else resize_labels(query_labels.to(fq.device).long(), size)
-        chunk = 1 if not batched else (self.task_chunk or fq.shape[0])
+        per_task = fs.shape[0] * size[0] * size[1] * self.num_classes * fs.element_size()
+        auto = max(1, int(self.LOGIT_BUDGET // per_task))
+        chunk = 1 if not batched else (self.task_chunk or min(fq.shape[0], auto))
         fs_t = fs.transpose(0, 1).contiguous()  # [D, S, h, w]: the support as one matrix for all tasks
         parts = [self._optimise(fs_t, ds_s[None], w_novel, fq[i:i + chunk], valid_q[i:i + chunk],
                                 None if ds_q is None else ds_q[i:i + chunk, None])
