@@ -21,7 +21,7 @@ Threads: ``--threads`` (default 1: on a shared machine more threads than free co
 count is set before any work and printed; ``OMP_WAIT_POLICY=PASSIVE`` is set for child processes.
 
 Usage: ``python bench/transductive.py [--dim 512] [--grid 53] [--queries 8] [--shots 1,5] [--iterations 100]
-[--repeats 3] [--threads 1] [--scaling] [--scaling-iterations 5] [--skip-official-loop]``
+[--repeats 3] [--threads 1] [--scaling | --only-scaling] [--scaling-iterations 5] [--skip-official-loop]``
 """
 from __future__ import annotations
 
@@ -220,6 +220,7 @@ def main() -> None:
     ap.add_argument("--skip-official-loop", action="store_true", help="DIaM: leave the slowest baseline out")
     ap.add_argument("--scaling", action="store_true", help="also print the scaling table")
     ap.add_argument("--scaling-iterations", type=int, default=5)
+    ap.add_argument("--only-scaling", action="store_true", help="print only the scaling table")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -232,6 +233,9 @@ def main() -> None:
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} cores visible")
     peak = matmul_peak()
     print(f"fp32 matmul peak (2048^3, this thread count): {peak:.0f} GFLOP/s")
+    if args.only_scaling:
+        scaling(args, peak)
+        return
     summary = []
     for k in shots:
         inputs = diam_inputs(args.dim, args.grid, k, args.queries)
