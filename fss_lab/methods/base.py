@@ -130,9 +130,22 @@ def stack_tasks(tasks: Sequence[Task], level: str | None = None):
     shapes = {(t.support(level).shape, t.query(level).shape, t.support_labels.shape, t.size) for t in tasks}
     if len(shapes) != 1:
         raise ValueError(f"cannot stack tasks of different shapes: {sorted(map(str, shapes))}")
-    valid = None if all(t.query_valid is None for t in tasks) else torch.stack([t.valid() for t in tasks])
-    return (torch.stack([t.support(level) for t in tasks]), torch.stack([t.support_labels for t in tasks]),
-            torch.stack([t.query(level) for t in tasks]), valid)
+    valid = None if all(t.query_valid is None for t in tasks) else _stack([t.valid() for t in tasks])
+    return (_stack([t.support(level) for t in tasks]), _stack([t.support_labels for t in tasks]),
+            _stack([t.query(level) for t in tasks]), valid)
+
+
+def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``, or, when the tensors are consecutive contiguous slices of one tensor (the evaluator splits
+    each chunk's features that way), a view of that memory: the same values without the copy. The result may share
+    memory with the tasks' tensors (methods do not write into their inputs)."""
+    first = tensors[0]
+    n, step = first.numel(), first.numel() * first.element_size()
+    if n and all(t.is_contiguous() and t.shape == first.shape and t.dtype == first.dtype and t.device == first.device
+                 and t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+                 and t.data_ptr() == first.data_ptr() + i * step for i, t in enumerate(tensors)):
+        return first.as_strided((len(tensors), *first.shape), (n, *first.stride()))
+    return torch.stack(list(tensors))
 
 
 __all__ = ["FEATURE_SOURCES", "IGNORE_INDEX", "Method", "NotFittedError", "UnsupportedTaskError", "check_fss_support",

@@ -77,7 +77,9 @@ class DIaM(Method):
         snapshot_at: step counts (0 = before the first step) at which the query probabilities are stored in
             ``snapshots`` (feature resolution), for the notebook's slider.
         align_corners: of the bilinear up-sampling in :meth:`predict` (the official scoring uses True).
-        task_chunk: optimise at most this many queries at once (memory bound; results do not depend on it).
+        task_chunk: optimise at most this many queries at once (memory bound; results do not depend on it). None:
+            as many as keep the support logits of a chunk (``S*h*w x T x C`` floats, three such buffers live
+            per step) under :attr:`LOGIT_BUDGET` bytes.
 
     The shot count K (the CE background weight: 0.01 at K = 1, 0.15 otherwise) and N come from the task.
     Defaults are the official ones (config/pascal.yaml). After :meth:`fit`: ``weight [T, C, D]``, ``bias [T, C]``,
@@ -94,6 +96,7 @@ class DIaM(Method):
     transductive: ClassVar[bool] = True
     feature_levels: ClassVar[tuple[str, ...]] = ("bottleneck",)
     label_spaces: ClassVar[tuple[str, ...]] = ("gfss",)
+    LOGIT_BUDGET: ClassVar[int] = 256 * 2 ** 20  # bytes of support logits per chunk of tasks (task_chunk=None)
 
     def __init__(self, model, *, lr: float = 0.00125, iterations: int = 100,
                  weights: Sequence[float] = (100.0, 1.0, 1.0, 100.0), prior: str = "self",
@@ -211,7 +214,9 @@ class DIaM(Method):
                 fq.shape[0], *size, dtype=torch.bool, device=fq.device)
         valid_q = resize_labels(query_valid.to(fq.device).long(), size).unsqueeze(1)  # [Q, 1, h, w]
         ds_q = None if query_labels is None else resize_labels(query_labels.to(fq.device).long(), size)
-        chunk = 1 if not batched else (self.task_chunk or fq.shape[0])
+        per_task = fs.shape[0] * size[0] * size[1] * self.num_classes * fs.element_size()
+        auto = max(1, int(self.LOGIT_BUDGET // per_task))
+        chunk = 1 if not batched else (self.task_chunk or min(fq.shape[0], auto))
         fs_t = fs.transpose(0, 1).contiguous()  # [D, S, h, w]: the support as one matrix for all tasks
         parts = [self._optimise(fs_t, ds_s[None], w_novel, fq[i:i + chunk], valid_q[i:i + chunk],
                                 None if ds_q is None else ds_q[i:i + chunk, None])
@@ -222,67 +227,82 @@ class DIaM(Method):
         self._fitted_queries = fq.shape
         return self
 
-    def _estimate_prior(self, logits_q: torch.Tensor, valid_q: torch.Tensor, true_pi: torch.Tensor | None,
-                        kind: str) -> torch.Tensor:
-        """pi ``[T, C]`` from query logits ``[T, 1, C, h, w]`` (DIaM ``compute_pi``)."""
-        if kind == "oracle":
-            return true_pi
-        if kind == "uniform":
-            return torch.full((logits_q.shape[0], self.num_classes), 1 / self.num_classes, device=logits_q.device)
-        if kind == "imglvl":  # classes absent from the query's labels cannot be predicted
-            logits_q = logits_q.masked_fill((true_pi == 0)[:, None, :, None, None], float("-inf"))
-        return im.class_marginal(torch.softmax(logits_q, dim=2).detach(), valid_q)
-
-    @torch.enable_grad()  # callers may hold no_grad (evaluation loops); the inference needs gradients
+    @torch.no_grad()  # value and gradient in closed form (losses.infomax fused helpers): no autograd graph
     def _optimise(self, fs, ds_s, w_novel, fq, valid_q, ds_q):
         """Run the inference for T = len(fq) tasks at once; returns (weight, bias, prior, initial prior, history,
-        snapshots)."""
+        snapshots).
+
+        Each SGD step (no momentum: ``theta -= lr * grad``, as ``torch.optim.SGD``) computes the loss and its
+        gradient explicitly: support logits pixel-major ``[S*h*w, T*C]`` as one GEMM against all tasks' stacked
+        weights (the support features are shared), the fused support cross-entropy, the query logits ``[T, h*w,
+        C]`` (a batched GEMM), the fused query terms, then the weight gradients as one GEMM (support) and one
+        batched GEMM (queries). ``fs``: ``[D, S, h, w]``; the values equal autograd's up to float rounding.
+        """
         t, dev = fq.shape[0], fq.device
-        b1 = self.num_base_and_bg
-        wb = self.base_weight.to(dev).expand(t, -1, -1).clone().requires_grad_(self.fine_tune_base)
-        bb = self.base_bias.to(dev).expand(t, -1).clone().requires_grad_(self.fine_tune_base)
-        wn = w_novel.expand(t, -1, -1).clone().requires_grad_(True)
-        bn = torch.zeros(t, self.num_novel, device=dev, requires_grad=True)
-        params = [wn, bn] + ([wb, bb] if self.fine_tune_base else [])
-        optimizer = torch.optim.SGD(params, lr=self.lr)
+        b1, c, d = self.num_base_and_bg, self.num_classes, fq.shape[1]
+        weight = torch.cat([self.base_weight.to(dev).expand(t, -1, -1), w_novel.expand(t, -1, -1)], 1).contiguous()
+        bias = torch.cat([self.base_bias.to(dev).expand(t, -1), torch.zeros(t, self.num_novel, device=dev)], 1)
         l1, l2, l3, l4 = self.weights
-        with torch.no_grad():  # the frozen base classifier (distillation teacher)
-            snap = torch.softmax(_query_logits(fq, self.base_weight.to(dev)[None].expand(t, -1, -1),
-                                               self.base_bias.to(dev)[None].expand(t, -1)), dim=2)
-            true_pi = None if ds_q is None else im.valid_mean(im.one_hot(ds_q, self.num_classes), valid_q.unsqueeze(2),
-                                                              (1, 3, 4))
-            w, b = torch.cat([wb, wn], 1), torch.cat([bb, bn], 1)
-            prior = self._estimate_prior(_query_logits(fq, w, b), valid_q, true_pi, self.prior_name)
+        fs_pm = fs.flatten(1).t().contiguous()  # [P_s, D] support pixels, shared by the tasks
+        fq_pm = fq.flatten(2).transpose(1, 2).contiguous()  # [T, P, D] each task's query pixels
+        lab = ds_s.reshape(-1)
+        fold = im.support_fold_mask(lab, c, b1)
+        class_w = torch.ones(c, device=dev)
+        class_w[0] = im.support_background_weight(self.shots)
+        valid_s = (lab != IGNORE_INDEX).float()
+        pixel_w = class_w[lab.masked_fill(lab == IGNORE_INDEX, 0)] * valid_s / (valid_s.sum() + im.EPS)
+        vq = valid_q.reshape(t, -1).float()  # [T, P]
+
+        def query_logits_pm(w, b):  # [T, P, C]
+            return torch.baddbmm(b[:, None, :], fq_pm, w.transpose(1, 2))
+
+        snap = torch.softmax(query_logits_pm(self.base_weight.to(dev).expand(t, -1, -1),
+                                             self.base_bias.to(dev).expand(t, -1)), dim=2)
+        true_pi = None if ds_q is None else im.valid_mean(im.one_hot(ds_q, c), valid_q.unsqueeze(2), (1, 3, 4))
+        scale_t = (vq / (vq.sum(1, keepdim=True) + im.EPS)).unsqueeze(1)  # [T, 1, P], as in query_infomax_fused
+
+        def estimate_prior(kind):  # DIaM compute_pi, on the pixel-major logits (the marginal's exact arithmetic)
+            if kind == "oracle":
+                return true_pi
+            if kind == "uniform":
+                return torch.full((t, c), 1 / c, device=dev)
+            z = query_logits_pm(weight, bias)
+            if kind == "imglvl":  # classes absent from the query's labels cannot be predicted
+                z = z.masked_fill((true_pi == 0)[:, None, :], float("-inf"))
+            return torch.bmm(scale_t, im._softmax_rows(z))[:, 0]
+
+        prior = estimate_prior(self.prior_name)
         initial_prior = prior.clone()
         hist = {k: [] for k in (*TERMS, "marginal")}  # kept on the device; moved once at the end (no sync per step)
         snaps = {}
         for it in range(self.iterations + 1):
-            w, b = torch.cat([wb, wn], 1), torch.cat([bb, bn], 1)
             if it in self.snapshot_at:
-                snaps[it] = torch.softmax(_query_logits(fq, w, b), dim=2)[:, 0].detach()
+                snaps[it] = torch.softmax(_query_logits(fq, weight, bias), dim=2)[:, 0]
             if it == self.iterations:
                 break
-            proba_s = _support_probs(fs, w, b)
-            proba_q = torch.softmax(_query_logits(fq, w, b), dim=2)
-            kd = im.distillation_kl(proba_q, snap, valid_q, b1)
-            marginal = im.class_marginal(proba_q, valid_q)
-            kl = im.kl_to_prior(marginal, prior)
-            ent = im.conditional_entropy(proba_q, valid_q)
-            ce = im.support_cross_entropy(proba_s, ds_s, b1, self.shots)
+            z_s = torch.addmm(bias.reshape(1, t * c), fs_pm, weight.view(t * c, d).t())  # [P_s, T*C]
+            ce, g_s = im.support_cross_entropy_fused(z_s.view(-1, t, c), fold, pixel_w)
+            del z_s
+            kl, ent, kd, marginal, _, g_q = im.query_infomax_fused(query_logits_pm(weight, bias), snap, vq, prior,
+                                                                   b1, (l2, l3, l4))
             loss = l1 * ce + l2 * kl + l3 * ent + l4 * kd
             for k, v in zip((*TERMS, "marginal"), (ce, kl, ent, kd, loss, marginal)):
-                hist[k].append(v.detach())
-            optimizer.zero_grad()
-            loss.sum().backward()  # summed over tasks: each task's parameters get only their own gradient
-            optimizer.step()
+                hist[k].append(v)
+            g_s = g_s.view(-1, t * c)
+            grad_w = torch.mm(g_s.t(), fs_pm).view(t, c, d).mul_(l1)
+            grad_w.add_(torch.bmm(g_q.transpose(1, 2), fq_pm))
+            grad_b = g_s.sum(0).view(t, c).mul_(l1).add_(g_q.sum(1))
+            del g_s, g_q
+            if not self.fine_tune_base:
+                grad_w[:, :b1] = 0
+                grad_b[:, :b1] = 0
+            weight.add_(grad_w, alpha=-self.lr)
+            bias.add_(grad_b, alpha=-self.lr)
             if it + 1 in self.prior_update_at and self.prior_name == "self" and l2 != 0:
-                with torch.no_grad():
-                    w, b = torch.cat([wb, wn], 1), torch.cat([bb, bn], 1)
-                    prior = self._estimate_prior(_query_logits(fq, w, b), valid_q, None, "self")
-        w, b = torch.cat([wb, wn], 1).detach(), torch.cat([bb, bn], 1).detach()
-        empty = {k: torch.zeros(0, t, *([self.num_classes] if k == "marginal" else [])) for k in hist}
+                prior = estimate_prior("self")
+        empty = {k: torch.zeros(0, t, *([c] if k == "marginal" else [])) for k in hist}
         hist = {k: torch.stack(v).cpu() if v else empty[k] for k, v in hist.items()}
-        return w, b, prior, initial_prior, hist, snaps
+        return weight, bias, prior, initial_prior, hist, snaps
 
     # ---- prediction ------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..labels import IGNORE_INDEX
 from ..ops import masked_average_pooling, resize_labels
 from .base import Method, NotFittedError, check_fss_support, stack_tasks
 from .registry import register_method
@@ -71,15 +72,25 @@ class PrototypeBaseline(Method):
         logits = cosine_logits(fq, self.prototypes, self.temperature)
         return F.interpolate(logits, size=task.size, mode="bilinear", align_corners=False)
 
+    def _valid_fss_batch(self, tasks, masks: torch.Tensor) -> bool:
+        """The checks of :meth:`check_task` and ``check_fss_support`` on all stacked masks ``[E, K, H, W]`` in one
+        pass: every task 1-way, masks only 0 / 1 / 255, every shot with a foreground pixel. False sends the tasks
+        through the per-task checks (which name the offending task)."""
+        if not all(t.label_space.is_fss and self.supports(t.label_space) for t in tasks):
+            return False
+        ok = ((masks == 0) | (masks == 1) | (masks == IGNORE_INDEX)).all()
+        return bool(ok) and bool((masks == 1).flatten(2).any(2).all())
+
     def fit_predict(self, tasks):
         """Vectorised over E equal-sized tasks (one prototype pair each); equal to the loop (a test checks it)."""
         try:
             fs, ms, fq, _ = stack_tasks(tasks, self.features_of(tasks[0]))
         except ValueError:
             return super().fit_predict(tasks)
-        for t in tasks:
-            self.check_task(t)
-            check_fss_support(t)
+        if not self._valid_fss_batch(tasks, ms):  # the per-task checks raise the errors (names the task)
+            for t in tasks:
+                self.check_task(t)
+                check_fss_support(t)
         e, k, d, h, w = fs.shape
         size = tasks[0].size
         weights = resize_labels(ms.flatten(0, 1), (h, w), "area", num_classes=2)

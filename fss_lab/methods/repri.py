@@ -77,6 +77,9 @@ class RePRI(Method):
             the KL weight increases by 1 (``(10,)``: after the 9th step).
         normalize_features: L2-normalise the features over channels first (official ``norm_feat``).
         align_corners: of the bilinear up-sampling of the scores in :meth:`predict` (official: True).
+        chunk_bytes: the batched form optimises episodes in chunks whose support + query features take at most
+            this many bytes (at least one episode; 0: all at once). Results do not depend on it; it keeps the
+            working set in the CPU caches (one 5-shot episode at D=512, 53x53 is 34 MB).
 
     After fitting: ``prototypes [E, Q, D]``, ``bias [E, Q]``, ``prior [E, Q, 2]``, ``num_steps`` and ``history``
     (``{"ce", "kl", "entropy", "loss"}`` -> ``[num_steps, E*Q]``, values before each step).
@@ -88,7 +91,8 @@ class RePRI(Method):
 
     def __init__(self, *, temperature: float = 20.0, lr: float = 0.025, adapt_iter: int = 50,
                  weights: Sequence[float | str] = (1.0, "auto", "auto"), prior: str = "soft",
-                 prior_update_at: Sequence[int] = (10,), normalize_features: bool = True, align_corners: bool = True):
+                 prior_update_at: Sequence[int] = (10,), normalize_features: bool = True, align_corners: bool = True,
+                 chunk_bytes: int = 16 * 2 ** 20):
         if prior not in ("soft", "oracle"):
             raise ValueError(f"prior must be 'soft' or 'oracle', got {prior!r}")
         bad = len(weights) != 3 or isinstance(weights[0], str)
@@ -99,6 +103,7 @@ class RePRI(Method):
         self.temperature, self.lr, self.adapt_iter, self.weights = temperature, lr, int(adapt_iter), tuple(weights)
         self.prior_name, self.prior_update_at = prior, tuple(prior_update_at)
         self.normalize_features, self.align_corners = normalize_features, align_corners
+        self.chunk_bytes = int(chunk_bytes)
         self.prototypes = self.bias = self.prior = None
         self.history: dict[str, torch.Tensor] = {}
 
@@ -196,13 +201,16 @@ class RePRI(Method):
         ds_q = None if mq is None else _nearest(mq.flatten(0, 1).long().to(fq.device), (h, w))
         ds_q = None if ds_q is None else ds_q.view(e, q, 1, h, w)
         fs, fq = self._features(fs), self._features(fq)
-        if batched:
-            out = [self._optimise(fs, ds_s, fq, valid, ds_q)]
+        if batched:  # chunks of episodes whose features fit the cache budget (larger batches run slower on CPU)
+            per_episode = (k + q) * d * h * w * fs.element_size()
+            n = max(1, min(e, int(self.chunk_bytes // per_episode))) if self.chunk_bytes else e
+            out = [self._optimise(fs[i:i + n], ds_s[i:i + n], fq[i:i + n], valid[i:i + n],
+                                  None if ds_q is None else ds_q[i:i + n]) for i in range(0, e, n)]
         else:
             out = [self._optimise(fs[i:i + 1], ds_s[i:i + 1], fq[i:i + 1, j:j + 1], valid[i:i + 1, j:j + 1],
                                   None if ds_q is None else ds_q[i:i + 1, j:j + 1]) for i in range(e) for j in range(q)]
-        self.prototypes, self.bias, self.prior = (torch.cat([o[n] for o in out]).view(e, q, *out[0][n].shape[2:])
-                                                  for n in range(3))
+        self.prototypes, self.bias, self.prior = (torch.cat([o[j] for o in out]).view(e, q, *out[0][j].shape[2:])
+                                                  for j in range(3))
         self.history = {t: torch.cat([o[3][t] for o in out], dim=1) for t in TERMS}
 
     @torch.enable_grad()  # callers may hold no_grad (evaluation loops); the inference needs gradients
@@ -210,15 +218,33 @@ class RePRI(Method):
         """Tasks = the E x Q (episode, query) pairs of the inputs; returns prototypes, bias, prior [E*Q, ...] and
         the loss history."""
         e, q = fq.shape[:2]
+        k, hw = fs.shape[1], fs.shape[3] * fs.shape[4]
         fg = (ds_s == 1).unsqueeze(2).to(fs.dtype)  # [E, K, 1, h, w]
         proto = (fs * fg).sum(dim=(1, 3, 4)) / (fg.sum(dim=(1, 3, 4)) + im.EPS)  # [E, D], all shots pooled
         proto = proto[:, None].expand(e, q, -1).clone()
-        bias = cosine_scores(fq, proto, self.temperature, paired=True).mean(dim=(2, 3, 4)).detach()  # all pixels
+        # constant through the steps: the pixel-major features and their norms (cosine_scores' arithmetic)
+        fs_pm = fs.permute(0, 1, 3, 4, 2).reshape(e, k * hw, -1)  # [E, K*h*w, D]
+        fq_pm = fq.permute(0, 1, 3, 4, 2).reshape(e, q, hw, -1)  # [E, Q, h*w, D]
+        fs_norm = fs.norm(dim=2).reshape(e, 1, k * hw)  # [E, 1, K*h*w]
+        fq_norm = fq.norm(dim=2).reshape(e, q, hw)  # [E, Q, h*w]
+        shape_s, shape_q = (e, q, k, *fs.shape[3:]), (e, q, 1, *fq.shape[3:])
+
+        def support_scores():  # cosine_scores(fs, proto, paired=False): [E, Q, K, h, w]
+            dot = torch.bmm(proto, fs_pm.transpose(1, 2))  # [E, Q, K*h*w]
+            denom = proto.norm(dim=2, keepdim=True) * fs_norm
+            return (self.temperature * (dot / (denom + im.EPS))).view(shape_s)
+
+        def query_scores():  # cosine_scores(fq, proto, paired=True): [E, Q, 1, h, w]
+            dot = torch.matmul(fq_pm, proto.unsqueeze(-1)).squeeze(-1)  # [E, Q, h*w]
+            denom = proto.norm(dim=2, keepdim=True) * fq_norm
+            return (self.temperature * (dot / (denom + im.EPS))).view(shape_q)
+
+        bias = query_scores().mean(dim=(2, 3, 4)).detach()  # all pixels
         vq = valid.flatten(0, 1)  # [T, 1, h, w] with T = E*Q tasks
         lab_s = ds_s[:, None].expand(-1, q, -1, -1, -1).flatten(0, 1)  # [T, K, h, w]
 
         def query_probs():
-            return binary_probs(cosine_scores(fq, proto, self.temperature, paired=True), bias).flatten(0, 1)
+            return binary_probs(query_scores(), bias).flatten(0, 1)
 
         with torch.no_grad():
             if self.prior_name == "oracle":
@@ -233,7 +259,7 @@ class RePRI(Method):
         optimizer = torch.optim.SGD([proto, bias], lr=self.lr)
         hist = {t: [] for t in TERMS}  # on the device; moved once at the end
         for step in range(self.num_steps):
-            p_s = binary_probs(cosine_scores(fs, proto, self.temperature, paired=False), bias).flatten(0, 1)
+            p_s = binary_probs(support_scores(), bias).flatten(0, 1)
             p_q = query_probs()
             kl = im.binary_kl_to_prior(im.binary_marginal(p_q, vq), prior)
             ent = im.binary_conditional_entropy(p_q, vq)
