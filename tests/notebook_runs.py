@@ -17,6 +17,7 @@ EXPECTED_IMAGES = {
     "02_gfss_finetuning_triplet": 3,  # shots curve, strategies, prediction
     "03_contrastive_distillation": 1,  # gamma
     "04_infomax_diam": 4,  # comparison, entropy, proportions, prediction steps
+    "04b_bcm": 2,  # host map, comparison
 }
 
 

@@ -99,6 +99,17 @@ def test_infomax_diam_notebook_on_default_data():
 
 
 @pytest.mark.notebook
+def test_bcm_notebook_on_default_data():
+    executed, results = run_notebook("04b_bcm", "bcm_synthetic", {"QUICK": True})
+    assert_shows_figures(executed, "04b_bcm")
+    assert {r["method"] for r in results["comparison"]} == {"prototype", "fine-tuning", "DIaM", "BCM"}
+    for row in results["comparison"] + results["ablation"] + results["backbones"]:
+        assert 0.0 <= row["base"] <= 1.0 and 0.0 <= row["novel"] <= 1.0
+    assert results["kept_exactly"] is True  # base classes hosting no novel class keep their IoU exactly
+    assert {r["backbone"] for r in results["backbones"]} == {"efficientnet_lite0", "efficientnet_lite2"}
+
+
+@pytest.mark.notebook
 def test_base_training_notebook_on_default_data():
     executed, results = run_notebook("01_base_training", "base_training_synthetic", {"QUICK": True})
     assert_shows_figures(executed, "01_base_training")
