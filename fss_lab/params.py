@@ -193,7 +193,7 @@ NOTEBOOK_SPECS: dict[str, dict[str, Param]] = {
         "MAX_QUERIES": Param("int", 1, optional=True, example="40"),
         "ITERATIONS": Param("int", 1, example="100"),
         "NOVEL_POLICY": _POLICY,
-        "BACKBONES": Param("str_list", example="['efficientnet_lite0', 'efficientnet_lite2']"),
+        "BACKBONES": Param("str_list", optional=True, example="['efficientnet_lite0', 'efficientnet_lite2']"),
         "BACKBONE_ITERATIONS": Param("int", 1, optional=True, example="100"),
     },
 }

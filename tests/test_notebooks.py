@@ -106,7 +106,7 @@ def test_bcm_notebook_on_default_data():
     for row in results["comparison"] + results["ablation"] + results["backbones"]:
         assert 0.0 <= row["base"] <= 1.0 and 0.0 <= row["novel"] <= 1.0
     assert results["kept_exactly"] is True  # base classes hosting no novel class keep their IoU exactly
-    assert {r["backbone"] for r in results["backbones"]} == {"efficientnet_lite0", "efficientnet_lite2"}
+    assert results["backbones"] == []  # (f) Lite0 vs Lite2 is skipped in QUICK on the default data (CI time)
 
 
 @pytest.mark.notebook
