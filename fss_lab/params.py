@@ -202,6 +202,16 @@ NOTEBOOK_SPECS: dict[str, dict[str, Param]] = {
         "REPRI_ITERATIONS": Param("int", 1, example="50"),
         "RESULTS_DIR": Param("path", example="'results/07_your_own_images'"),
     },
+    "04b_bcm": {
+        **_COMMON, **_BASE,
+        "SHOTS": Param("int_list", 1, example="[1, 5]"),
+        "N_RUNS": Param("int", 1, optional=True, example="5"),
+        "MAX_QUERIES": Param("int", 1, optional=True, example="40"),
+        "ITERATIONS": Param("int", 1, example="100"),
+        "NOVEL_POLICY": _POLICY,
+        "BACKBONES": Param("str_list", optional=True, example="['efficientnet_lite0', 'efficientnet_lite2']"),
+        "BACKBONE_ITERATIONS": Param("int", 1, optional=True, example="100"),
+    },
 }
 
 

@@ -18,6 +18,7 @@ EXPECTED_IMAGES = {
     "03_contrastive_distillation": 1,  # gamma
     "04_infomax_diam": 4,  # comparison, entropy, proportions, prediction steps
     "07_your_own_images": 2,  # support + mask, overlays of every query and method
+    "04b_bcm": 2,  # host map, comparison
 }
 
 

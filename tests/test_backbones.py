@@ -1,4 +1,4 @@
-"""Backbone registry; shapes and gradients over the registry; EfficientNet-Lite0 weights (key map, ImageNet head)."""
+"""Backbone registry; shapes and gradients over the registry; EfficientNet-Lite0/1/2 weights (key map, ImageNet head)."""
 from __future__ import annotations
 
 import functools
@@ -211,3 +211,59 @@ def test_imagenet_head_recognises_a_cat_and_an_espresso():
     # [-1, 1] scaling is also what timm records for its own TF-ported Lite weights
     assert TF_LITE_PREPROCESSING.mean == tuple(model.pretrained_cfg["mean"])
     assert TF_LITE_PREPROCESSING.std == tuple(model.pretrained_cfg["std"])
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite1 / Lite2 (issue 16)
+LITE_EXPANDED = {"efficientnet_lite0": 672, "efficientnet_lite1": 672, "efficientnet_lite2": 720}
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_lite2_key_map_covers_all_386_keys_one_to_one(variant):
+    from fss_lab.models.backbones import efficientnet_lite_classifier, efficientnet_lite_weights_path
+
+    state = torch.load(efficientnet_lite_weights_path(variant), map_location="cpu", weights_only=True)
+    model = efficientnet_lite_classifier(variant, weights=None)
+    mapping = lukemelas_key_map(model, state)
+    assert len(state) == 386 and len(set(mapping.values())) == 386
+    assert set(mapping.values()) == set(model.state_dict())  # none missing, none unexpected
+    assert mapping["_blocks.20._bn2.running_var"] == "blocks.6.0.bn3.running_var"  # 21 blocks, flattened in order
+    for key, tkey in mapping.items():
+        assert state[key].shape == model.state_dict()[tkey].shape, key
+    with pytest.raises(KeyError, match="block 16"):  # Lite1/2 have 21 blocks, Lite0 16
+        load_lukemelas_weights(efficientnet_lite0_classifier(weights=None), state)
+    other = efficientnet_lite_classifier(3 - variant, weights=None)  # same 386 keys, other widths / kernels
+    with pytest.raises(RuntimeError, match="wrong shape.*another Lite variant"):
+        load_lukemelas_weights(other, state)
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_lite2_imagenet_head_recognises_a_cat_and_an_espresso(variant):
+    from fss_lab.models.backbones import efficientnet_lite_classifier
+
+    model = efficientnet_lite_classifier(variant)
+    with torch.no_grad():
+        probs = model(torch.cat([_photo("chelsea"), _photo("coffee")])).softmax(-1)
+    p, cls = probs.max(-1)
+    assert 281 <= cls[0].item() <= 285 and p[0].item() > 0.5, (cls[0].item(), p[0].item())  # 285 Egyptian cat
+    assert cls[1].item() == 967 and p[1].item() > 0.5, (cls[1].item(), p[1].item())  # espresso
+    assert TF_LITE_PREPROCESSING.mean == tuple(model.pretrained_cfg["mean"])
+
+
+@pytest.mark.parametrize("name", sorted(LITE_EXPANDED))
+def test_lite_backbones_levels_and_preprocessing_tied_to_the_weights(name):
+    net = _net(name)
+    assert net.preprocessing == TF_LITE_PREPROCESSING and net.name == name
+    assert net.levels["s16_expanded"] == (LITE_EXPANDED[name], 16)
+    assert net.blocks[5][0].conv_pw.out_channels == LITE_EXPANDED[name]
+    assert [c for c, _ in (net.levels[k] for k in ("s2", "s4", "s8", "s16", "s32"))] == \
+        {"efficientnet_lite2": [16, 24, 48, 120, 352]}.get(name, [16, 24, 40, 112, 320])
+
+
+def test_lite2_backbone_carries_its_imagenet_weights():
+    from fss_lab.models.backbones import efficientnet_lite_weights_path
+
+    state = torch.load(efficientnet_lite_weights_path(2), map_location="cpu", weights_only=True)
+    net = create_backbone("efficientnet_lite2")
+    torch.testing.assert_close(net.blocks[6][0].bn3.running_var, state["_blocks.20._bn2.running_var"])
+    with pytest.raises(ValueError, match="choose one of"):
+        create_backbone("efficientnet_lite2", weights="coco")

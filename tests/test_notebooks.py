@@ -108,6 +108,15 @@ def test_your_own_images_notebook_on_bundled_photos():
     assert len(rows) == 12 and all(0.0 <= r["foreground %"] <= 100.0 for r in rows)
     out = Path(results["run"]["dir"]) / "overlays"
     assert len(list(out.glob("*_overlay.png"))) == 12
+def test_bcm_notebook_on_default_data():
+    # CI runs 1 shot only (the 1- and 5-shot QUICK run takes about 15 min on a loaded 2-core CPU); 5 shots: make book
+    executed, results = run_notebook("04b_bcm", "bcm_synthetic", {"QUICK": True, "SHOTS": [1]})
+    assert_shows_figures(executed, "04b_bcm")
+    assert {r["method"] for r in results["comparison"]} == {"prototype", "fine-tuning", "DIaM", "BCM"}
+    for row in results["comparison"] + results["ablation"] + results["backbones"]:
+        assert 0.0 <= row["base"] <= 1.0 and 0.0 <= row["novel"] <= 1.0
+    assert results["kept_exactly"] is True  # base classes hosting no novel class keep their IoU exactly
+    assert results["backbones"] == []  # (f) Lite0 vs Lite2 is skipped in QUICK on the default data (CI time)
 
 
 @pytest.mark.notebook

@@ -7,7 +7,7 @@ tasks for every protocol and reads only these declarations. Registered methods::
 
     >>> from fss_lab.methods import list_methods, create_method
     >>> list_methods()   # doctest: +SKIP
-    ['background-aware-ft', 'binary-ft', 'diam', 'finetune-all-after-backbone', 'finetune-last-layer',
+    ['background-aware-ft', 'bcm', 'binary-ft', 'diam', 'finetune-all-after-backbone', 'finetune-last-layer',
      'gfss-prototype', 'prototype', 'repri']
 
 Adding a method is one file plus the ``@register_method`` line, e.g. ``fss_lab/methods/nearest_pixel.py``::

@@ -22,6 +22,8 @@ from .backbones import Backbone, create_backbone
 #: Per-backbone defaults: the level the head reads, the auxiliary level, and the bottleneck width D.
 PSPNET_DEFAULTS: dict[str, dict[str, Any]] = {
     "efficientnet_lite0": {"level": "s16_expanded", "aux_level": "s8", "bottleneck_dim": 128},
+    "efficientnet_lite1": {"level": "s16_expanded", "aux_level": "s8", "bottleneck_dim": 128},
+    "efficientnet_lite2": {"level": "s16_expanded", "aux_level": "s8", "bottleneck_dim": 128},
     "resnet50_dilated": {"level": "layer4", "aux_level": "layer3", "bottleneck_dim": 512},
     "resnet101_dilated": {"level": "layer4", "aux_level": "layer3", "bottleneck_dim": 512},
 }

@@ -1,14 +1,20 @@
 """Backbones with named feature levels, a timm-style registry, and the preprocessing tied to their weights.
 
-Importing this package registers ``efficientnet_lite0``, ``resnet50_dilated`` and ``resnet101_dilated``.
+Importing this package registers ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``,
+``resnet50_dilated`` and ``resnet101_dilated``.
 """
 from .base import IMAGENET_PREPROCESSING, TF_LITE_PREPROCESSING, Backbone, Preprocessing
 from .registry import UnknownBackboneError, create_backbone, list_backbones, register_backbone
-from .efficientnet_lite import (  # noqa: E402  (registers efficientnet_lite0)
+from .efficientnet_lite import (  # noqa: E402  (registers efficientnet_lite0/1/2)
+    EfficientNetLite,
     EfficientNetLite0,
     efficientnet_lite0,
     efficientnet_lite0_classifier,
     efficientnet_lite0_weights_path,
+    efficientnet_lite1,
+    efficientnet_lite2,
+    efficientnet_lite_classifier,
+    efficientnet_lite_weights_path,
     load_lukemelas_weights,
     lukemelas_key_map,
 )
@@ -23,10 +29,15 @@ __all__ = [
     "UnknownBackboneError",
     "list_backbones",
     "create_backbone",
+    "EfficientNetLite",
     "EfficientNetLite0",
     "efficientnet_lite0",
     "efficientnet_lite0_classifier",
     "efficientnet_lite0_weights_path",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "efficientnet_lite_classifier",
+    "efficientnet_lite_weights_path",
     "lukemelas_key_map",
     "load_lukemelas_weights",
     "DilatedResNet",
