@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..labels import LabelSpace
 from .base import BACKGROUND, IGNORE_INDEX, DatasetError, SegmentationDataset
 
 NOVEL_POLICIES = ("ignore", "background", "drop")
@@ -59,19 +60,24 @@ class GFSSClassMap:
         return len(self.novel)
 
     @property
+    def label_space(self) -> LabelSpace:
+        """The GFSS label space of this fold: background, ``B`` base and ``N`` novel classes."""
+        return LabelSpace(self.num_base, self.num_novel)
+
+    @property
     def num_classes(self) -> int:
         """``1 + B + N``: background, base and novel classes of the GFSS label space."""
-        return 1 + self.num_base + self.num_novel
+        return self.label_space.num_classes
 
     @property
     def base_ids(self) -> tuple[int, ...]:
         """GFSS ids of the base classes: ``1..B``."""
-        return tuple(range(1, self.num_base + 1))
+        return self.label_space.base_ids
 
     @property
     def novel_ids(self) -> tuple[int, ...]:
         """GFSS ids of the novel classes: ``B+1..B+N``."""
-        return tuple(range(self.num_base + 1, self.num_classes))
+        return self.label_space.novel_ids
 
     def class_names(self, dataset: SegmentationDataset) -> list[str]:
         """Names in GFSS order: ``["background", base..., novel...]``."""

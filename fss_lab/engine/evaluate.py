@@ -287,7 +287,7 @@ def gfss_task_groups(method: Method, run: GFSSRun, items: TransformedItems, supp
     cmap = run.class_map
     s_labels = gfss_support_labels(support_items, run, base_pixels="keep" if keep else "background").to(device)
     s_feats = _get(support_caches, list(run.support), device)
-    space = LabelSpace(cmap.num_base, cmap.num_novel)
+    space = cmap.label_space
     tasks, labels, keys = [], [], []
     for start in range(0, len(run.query), batch_size):
         idx = [int(i) for i in run.query[start:start + batch_size]]
@@ -334,7 +334,7 @@ def evaluate_gfss(method: Method, run: GFSSRun, features, items: TransformedItem
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     cmap = run.class_map
-    _require(method, LabelSpace(cmap.num_base, cmap.num_novel))
+    _require(method, cmap.label_space)
     caches = level_caches(features, method)
     s_caches = caches if support_features is None else level_caches(support_features, method)
     support_items = items if support_items is None else support_items
