@@ -108,7 +108,7 @@ def test_bad_arguments_raise_clear_errors(effnet):
     with pytest.raises(KeyError, match="valid levels"):
         PSPNet("efficientnet_lite0", 3, weights=None, level="layer4")
     with pytest.raises(UnknownBackboneError, match="efficientnet_lite0"):
-        PSPNet("efficientnet_lite1", 3, weights=None)
+        PSPNet("efficientnet_lite9", 3, weights=None)  # not registered (lite0-2 are)
     with pytest.raises(ValueError, match="float"):
         effnet(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
