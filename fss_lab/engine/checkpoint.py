@@ -298,8 +298,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"checkpoint {path}: fss_lab refuses to unpickle it ({detail}); it holds objects other than tensors, "
             "numbers, strings and plain containers, and unpickling them can run code hidden in the file. Do not "
-            "load it with weights_only=False; delete it, or re-save it with only tensors and plain data in "
-            "'extra'.") from exc
+            "load it with full unpickling (torch.load without weights_only); delete it, or re-save it with only "
+            "tensors and plain data in 'extra'.") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, ImportError) as exc:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}). Delete it to train from "
