@@ -210,7 +210,8 @@ def fss_task_groups(method: Method, episodes: EpisodeList, query_items: Transfor
                       size=tuple(q_masks.shape[-2:]), query_valid=q_dev[j] != IGNORE_INDEX,
                       query_labels=q_dev[j] if method.reads_query_labels else None,
                       meta={"episode": start_index + start + j, "class_id": e.class_id,
-                            "query_ids": [query_items.dataset.image_id(i) for i in e.query]})
+                            "query_ids": [query_items.dataset.image_id(i) for i in e.query],
+                            "support_ids": [support_items.dataset.image_id(i) for i in e.support]})
                  for j, e in enumerate(chunk)]
         yield TaskGroup(tasks, list(q_masks), list(range(start_index + start, start_index + start + len(chunk))))
 

@@ -30,6 +30,8 @@ from .task import Task
 
 #: Default levels ("layer 3", "layer 4") on EfficientNet-Lite0.
 DEFAULT_LEVELS = ("s16", "s32")
+#: Most support layer-4 entries :meth:`PFENetMetaLearner.support_layer4` keeps in its meta-training memo.
+LAYER4_MEMO_SIZE = 2048
 
 
 @dataclass
@@ -98,15 +100,38 @@ class _PriorLevels:
         return self._layer4
 
     @torch.no_grad()
-    def support_layer4(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(layer4 [K, C4, hs, ws], masks float [K, H, W])`` of the task's supports."""
+    def support_layer4(self, task: Task, memo: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(layer4 [K, C4, hs, ws], masks float [K, H, W])`` of the task's supports.
+
+        ``memo=True`` (meta-training, where the same support image and class recur thousands of times) reuses the
+        layer-4 features of a support seen before: the key is the support's image id and class
+        (``task.meta["support_ids"]``, ``["class_id"]``) plus a fingerprint of its layer-3 features and mask (shape
+        and sums), so a changed feature or mask is never served from the memo; at most :data:`LAYER4_MEMO_SIZE`
+        entries are kept (the oldest are dropped). Results are identical to ``memo=False``: the frozen path runs
+        in eval mode, image by image.
+        """
         mid, high, path = _levels_of(task, self.levels)
         masks = foreground_weights(task.support_labels.long())
-        if path:
-            f3 = task.support(mid)
-            module = self.layer4_module().to(f3.device)
+        if not path:
+            return task.support(high).float(), masks
+        f3 = task.support(mid)
+        module = self.layer4_module()
+        if next(module.parameters()).device != f3.device:
+            module.to(f3.device)
+        ids = task.meta.get("support_ids")
+        if not memo or ids is None or len(ids) != f3.shape[0]:
             return masked_layer4_features(f3, masks, module).float(), masks
-        return task.support(high).float(), masks
+        store = self.__dict__.setdefault("_layer4_memo", {})
+        keys = [(ids[k], task.meta.get("class_id"), tuple(f3[k].shape), float(f3[k].sum()), float(masks[k].sum()),
+                 str(f3.device)) for k in range(f3.shape[0])]
+        missing = [k for k, key in enumerate(keys) if key not in store]
+        if missing:
+            fresh = masked_layer4_features(f3[missing], masks[missing], module).float()
+            for j, k in enumerate(missing):
+                store[keys[k]] = fresh[j]
+            while len(store) > LAYER4_MEMO_SIZE:
+                store.pop(next(iter(store)))
+        return torch.stack([store[key] for key in keys]), masks
 
 
 @register_method
@@ -276,7 +301,7 @@ class PFENetMetaLearner(_PriorLevels, Method):
         for t in tasks:
             _, high, _ = _levels_of(t, self.levels)
             mid = self._fem(t)
-            layer4, masks = self.support_layer4(t)
+            layer4, masks = self.support_layer4(t, memo=True)
             fq = t.query(mid).float()
             q = fq.shape[0]
             rows["query"].append(fq)

@@ -1,0 +1,151 @@
+"""Meta-trained FSS models for notebooks: train once on base-class episodes, then reuse the checkpoint.
+
+Notebooks 05 (attention / MM-Former), 06 (EFTNet) and 08 (benchmark) need the same episodically trained models
+(the PFENet-style meta-learner, MM-Former's matching module). :func:`meta_train` names each checkpoint after
+everything that defines the trained weights, so the second notebook that asks for the same model loads it in
+seconds instead of training it again; a killed run resumes from its last checkpoint
+(:func:`fss_lab.engine.episodic.train_episodic` does the work).
+
+The QUICK recipes (:data:`QUICK_RECIPES`) are sized for a 2-core CPU in CI (about a minute each on the default
+data); the full ones follow the papers (PFENet: SGD lr 0.0025, batch 4, 200 epochs; MM-Former: AdamW lr 1e-4).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..engine.episodic import EpisodicConfig, EpisodicHistory, train_episodic
+from ..methods.base import Method
+from .fss import FSSExperiment
+
+#: Episodic recipes by learner name and scale (``EpisodicConfig`` fields; ``iterations`` is the number of steps).
+QUICK_RECIPES: dict[str, dict[str, Any]] = {
+    "pfenet-meta": dict(iterations=1000, batch_episodes=4, optimizer="adamw", lr=3e-3, weight_decay=0.01),
+    "mmformer": dict(iterations=600, batch_episodes=4, optimizer="adamw", lr=1e-3, weight_decay=0.05),
+}
+FULL_RECIPES: dict[str, dict[str, Any]] = {
+    "pfenet-meta": dict(iterations=20000, batch_episodes=4, optimizer="sgd", lr=0.0025, weight_decay=1e-4),
+    "mmformer": dict(iterations=20000, batch_episodes=8, optimizer="adamw", lr=1e-4, weight_decay=0.05),
+}
+
+
+def episodic_recipe(learner: Method | str, quick: bool = True, **overrides) -> EpisodicConfig:
+    """The :class:`~fss_lab.engine.episodic.EpisodicConfig` of a learner's QUICK or full recipe.
+
+    Args:
+        learner: a learner or its registered name (``"pfenet-meta"``, ``"mmformer"``).
+        quick: the CPU-sized recipe (:data:`QUICK_RECIPES`) or the paper's (:data:`FULL_RECIPES`).
+        overrides: ``EpisodicConfig`` fields to change (``device``, ``seed``, ``iterations``...).
+
+    Raises:
+        KeyError: a learner with no recipe (lists those that have one).
+    """
+    name = learner if isinstance(learner, str) else learner.name
+    table = QUICK_RECIPES if quick else FULL_RECIPES
+    if name not in table:
+        raise KeyError(f"no episodic recipe for {name!r}; recipes exist for {sorted(table)} "
+                       "(or build an EpisodicConfig yourself)")
+    return EpisodicConfig(**{**table[name], **overrides})
+
+
+def _simple(value: Any) -> Any:
+    """``value`` if it is JSON-able data (numbers, strings, tuples/lists/dicts of them), else ``None``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        items = [_simple(v) for v in value]
+        return None if any(i is None and v is not None for i, v in zip(items, value)) else items
+    if isinstance(value, dict):
+        items = {str(k): _simple(v) for k, v in value.items()}
+        return None if any(items[str(k)] is None and v is not None for k, v in value.items()) else items
+    return None
+
+
+def learner_settings(learner: Method) -> dict[str, Any]:
+    """The learner's constructor-level settings: its public attributes that are plain data (levels, widths,
+    bins, weights, seed...); modules, tensors and fitted state are left out."""
+    out = {"name": learner.name}
+    for key, value in sorted(vars(learner).items()):
+        if key.startswith("_") or key in ("network", "inputs", "task"):
+            continue
+        simple = _simple(value)
+        if simple is not None or value is None:
+            out[key] = simple
+    return out
+
+
+def meta_model_key(exp: FSSExperiment, learner: Method, config: EpisodicConfig) -> dict[str, Any]:
+    """Everything that defines the meta-trained weights, JSON-able: the experiment's data (dataset, resolved data
+    root, dataset options, fold, image size, transform, backbone), the learner's settings and the recipe
+    (``device`` left out: it does not change the model)."""
+    cfg = exp.config
+    root = None if cfg.data_root is None else str(Path(cfg.data_root).expanduser().resolve())
+    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("device", "eval_every",
+                                                                                "checkpoint_every")}
+    return dict(dataset=cfg.dataset, data_root=root, dataset_kwargs=_simple(cfg.dataset_kwargs), fold=cfg.fold,
+                image_size=list(cfg.image_size), transform=cfg.transform_mode, backbone=cfg.backbone,
+                learner=learner_settings(learner), recipe=recipe)
+
+
+def meta_checkpoint_path(exp: FSSExperiment, learner: Method, config: EpisodicConfig,
+                         cache_dir: str | Path = "results/meta_models") -> Path:
+    """``<cache_dir>/<learner>_<dataset>_fold<f>_<backbone>_<steps>it_<hash>.pt`` (hash: 8 hex digits of SHA-256 over
+    :func:`meta_model_key`)."""
+    key = json.dumps(meta_model_key(exp, learner, config), sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    cfg = exp.config
+    return Path(cache_dir) / f"{learner.name}_{cfg.dataset}_fold{cfg.fold}_{cfg.backbone}_{config.iterations}it_{digest}.pt"
+
+
+def meta_train(exp: FSSExperiment, learner: Method, config: EpisodicConfig, *,
+               cache_dir: str | Path = "results/meta_models", validation_shots: int | None = 1,
+               resume: bool = True, progress: bool = True) -> EpisodicHistory:
+    """Meta-train ``learner`` (in place) on the base-class episodes of the experiment's fold, or load the finished
+    checkpoint of the same model (:func:`meta_checkpoint_path`).
+
+    Training uses the experiment's training split and frozen features (one cache per level the learner reads);
+    validation (every ``iterations // 5`` steps and at the end) scores FSS mIoU on the experiment's novel-class
+    episodes of the validation split.
+
+    Args:
+        exp: the :class:`~fss_lab.experiments.fss.FSSExperiment` (dataset, fold, backbone, transform).
+        learner: an episodic method (``episodic_training = True``), e.g.
+            :class:`~fss_lab.methods.pfenet.PFENetMetaLearner` or :class:`~fss_lab.methods.mmformer.MMFormer`.
+        config: the recipe (:func:`episodic_recipe`).
+        cache_dir: where checkpoints live (git-ignored ``results/meta_models`` beside the notebooks).
+        validation_shots: K of the validation episodes (``None``: no validation).
+        resume / progress: as :func:`~fss_lab.engine.episodic.train_episodic`.
+
+    Returns:
+        :class:`~fss_lab.engine.episodic.EpisodicHistory` (a loaded checkpoint returns its saved history; its
+        ``seconds`` are those of the run that trained it).
+
+    Raises:
+        ValueError / CheckpointError / DatasetError: as :func:`~fss_lab.engine.episodic.train_episodic`.
+    """
+    levels = tuple(learner.feature_levels)
+    train_items, train_features = exp.train_split(levels)
+    val = {}
+    if validation_shots is not None:
+        q_caches, s_caches = exp.level_caches(levels)
+        val = dict(val_episodes=exp.episodes(validation_shots), val_items=exp.query_items, val_features=q_caches,
+                   val_support_items=exp.support_items, val_support_features=s_caches)
+        if config.eval_every is None:
+            config = dataclasses.replace(config, eval_every=max(1, config.iterations // 5))
+    path = meta_checkpoint_path(exp, learner, config, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if config.device == "auto" and exp.device.type != "cpu":
+        config = dataclasses.replace(config, device=str(exp.device))
+    with torch.random.fork_rng(devices=[]):
+        return train_episodic(learner, config, fold=exp.config.fold, train_items=train_items,
+                              train_features=train_features, checkpoint_path=path, resume=resume, progress=progress,
+                              **val)
+
+
+__all__ = ["QUICK_RECIPES", "FULL_RECIPES", "episodic_recipe", "learner_settings", "meta_model_key",
+           "meta_checkpoint_path", "meta_train"]
