@@ -72,3 +72,15 @@ def test_layer4_memo_equals_fresh_features(exp):
         edited = Task(task.support_features, other_mask, task.query_features, task.label_space, task.shots,
                       task.size, meta=dict(task.meta))
         assert torch.equal(learner.support_layer4(edited, memo=True)[0], learner.support_layer4(edited)[0])
+
+
+def test_meta_learner_builds_trains_and_reloads_by_name(exp, tmp_path):
+    from fss_lab.experiments.meta import meta_learner
+    recipe = dict(iterations=2, batch_episodes=2, min_area=16)
+    a, h1 = meta_learner("pfenet-meta", exp, recipe=recipe, cache_dir=tmp_path, progress=False, reduce_dim=8,
+                         bins=(1.0,))
+    b, h2 = meta_learner("pfenet-meta", exp, recipe=recipe, cache_dir=tmp_path, progress=False, reduce_dim=8,
+                         bins=(1.0,))
+    assert a._backbone is exp.backbone and len(list(tmp_path.glob("*.pt"))) == 1 and h2.steps == h1.steps
+    with pytest.raises(TypeError, match="takes"):
+        meta_learner("pfenet-meta", exp, recipe=recipe, cache_dir=tmp_path, progress=False, width=3)
