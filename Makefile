@@ -45,8 +45,11 @@ quickstart-camvid: env
 
 # Every test: unit tests, property tests, the notebooks executed with papermill and checked with nbval, and the
 # browser test (JupyterLab in Debian's Chromium; .ci/run installs chromium when missing).
+# Two pytest-xdist workers with one thread each on the 2-core CI machine (notebooks that need the same cached
+# checkpoint wait on its file lock, so none is trained twice); TEST_WORKERS=1 for one process.
+TEST_WORKERS ?= 2
 test: env
-	TQDM_DISABLE=1 $(BIN)/python -m pytest
+	TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: env
 	TQDM_DISABLE=1 $(BIN)/python -m pytest -m "not notebook and not slow and not browser"

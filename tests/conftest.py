@@ -71,11 +71,20 @@ def toy():
     return ToyDataset(layout)
 
 
+_SESSION_START = [0.0]
+
+
+def pytest_sessionstart(session):
+    import time
+
+    _SESSION_START[0] = time.time()
+
+
 def pytest_terminal_summary(terminalreporter):
     """Print what the notebooks measured, so CI logs show the numbers (e.g. CamVid mIoU per fold and shot)."""
     from tests.notebook_runs import write_summary
 
-    write_summary(terminalreporter)
+    write_summary(terminalreporter, since=_SESSION_START[0])
 
 
 @pytest.fixture(autouse=True)

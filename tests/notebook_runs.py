@@ -85,18 +85,40 @@ def run_notebook(name: str, tag: str, parameters: dict) -> tuple[Path, dict]:
         import json
 
         results = json.loads((out_dir / "results.json").read_text())
-    NOTEBOOK_RESULTS.append({"notebook": name, "run": tag, "wall_s": round(time.time() - t0, 1),
-                             "images": output_counts(executed)["image/png"], "bars": output_counts(executed)["tqdm_bar"], **results})
+    counts = output_counts(executed)
+    # the test's tag is "run" here (results.json's own "run" record, the run folder's metadata, is not printed)
+    record = {**results, "notebook": name, "run": tag, "wall_s": round(time.time() - t0, 1),
+              "images": counts["image/png"], "bars": counts["tqdm_bar"]}
+    NOTEBOOK_RESULTS.append(record)
+    import json
+
+    # under pytest-xdist the notebook ran in a worker: the controller reads this file for the summary
+    (out_dir / SUMMARY_RECORD).write_text(json.dumps(record, default=str))
     return executed, results
 
 
-def write_summary(terminalreporter) -> None:
-    """Write the notebook results of this run to the pytest terminal summary."""
-    if not NOTEBOOK_RESULTS:
+SUMMARY_RECORD = "summary_record.json"
+
+
+def collected_results(since: float) -> list[dict]:
+    """This process's notebook records, or (the xdist controller, which runs no notebook) the records the workers
+    wrote under :data:`RESULTS_ROOT` after ``since`` (seconds since the epoch), in the order they finished."""
+    if NOTEBOOK_RESULTS:
+        return NOTEBOOK_RESULTS
+    import json
+
+    files = [p for p in RESULTS_ROOT.glob(f"*/{SUMMARY_RECORD}") if p.stat().st_mtime >= since]
+    return [json.loads(p.read_text()) for p in sorted(files, key=lambda p: p.stat().st_mtime)]
+
+
+def write_summary(terminalreporter, since: float = 0.0) -> None:
+    """Write the notebook results of this run (records newer than ``since``) to the pytest terminal summary."""
+    records = collected_results(since)
+    if not records:
         return
     tr = terminalreporter
     tr.section("notebook results (measured in this run)")
-    for r in NOTEBOOK_RESULTS:
+    for r in records:
         if r.get("summary_lines"):
             tr.write_line(f"{r['notebook']} [{r['run']}] dataset={r.get('dataset')} fold={r.get('fold')} "
                           f"images={r['images']} bars={r['bars']} ({r['wall_s']} s)")
