@@ -123,3 +123,11 @@ def test_build_from_config_round_trip(effnet):
         assert torch.equal(twin.eval()(x), effnet.eval()(x))
     small = PSPNet("efficientnet_lite0", 3, weights=None, bottleneck_dim=16, bins=(1, 3))
     assert small.feature_dim == 16 and small.config["bins"] == (1, 3)
+
+
+def test_the_declared_config_arguments_are_the_constructors():
+    import inspect
+
+    from fss_lab.models.pspnet import PSPNET_ARGUMENTS, PSPNet
+    names = [n for n in inspect.signature(PSPNet.__init__).parameters if n not in ("self", "num_classes")]
+    assert tuple(names) == PSPNET_ARGUMENTS

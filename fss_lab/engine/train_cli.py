@@ -30,7 +30,6 @@ import argparse
 import copy
 import dataclasses
 import difflib
-import inspect
 import json
 import logging
 import math
@@ -47,7 +46,7 @@ from ..data.base import DatasetError
 from ..data.base_training import BaseTrainingSet
 from ..data.class_maps import GFSSClassMap
 from ..data.transforms import PairTransform
-from ..models.pspnet import PSPNet
+from ..models.pspnet import PSPNET_ARGUMENTS, PSPNet
 from .distributed import cleanup_distributed, init_distributed
 from .train import TrainConfig, train_base
 
@@ -158,7 +157,7 @@ def check_config(cfg: dict, where: str = "config") -> None:
         msg = _type_error(where, f"train.{key}", value, allowed) if allowed is not None else None
         if msg:
             raise DatasetError(msg)
-    model_args = [n for n in inspect.signature(PSPNet.__init__).parameters if n not in ("self", "num_classes")]
+    model_args = list(PSPNET_ARGUMENTS)
     bad = sorted(set(cfg["model"]) - set(model_args))
     if bad:
         raise DatasetError(f"{where}: unknown model keys {bad}{_did_you_mean(bad, model_args)}; valid model keys "

@@ -66,6 +66,11 @@ class PyramidPooling(nn.Module):
         return torch.cat([x, *pooled], dim=1)
 
 
+#: The keyword arguments of :class:`PSPNet` a training config's ``model`` section may set (``num_classes`` comes
+#: from the fold); ``tests/test_pspnet.py`` checks it against the constructor.
+PSPNET_ARGUMENTS = ("backbone", "weights", "level", "aux_level", "bins", "bottleneck_dim", "dropout", "freeze_backbone")
+
+
 class PSPNet(nn.Module):
     """PSPNet segmentation model with its bottleneck features exposed.
 
