@@ -46,6 +46,7 @@ class Param:
         choices: allowed values for ``"choice"``.
         optional: ``None`` is allowed (it selects a documented default).
         scalar_ok: for list kinds, a single number is allowed too (e.g. notebook 03's ``SHOTS = 1``).
+        empty_ok: for list kinds, ``[]`` is allowed too (it switches a section off, e.g. 04b's ``BACKBONES = []``).
         example: a valid value, shown in the fix.
     """
 
@@ -55,6 +56,7 @@ class Param:
     optional: bool = False
     scalar_ok: bool = False
     example: str = ""
+    empty_ok: bool = False
 
 
 def _is_int(v: Any) -> bool:
@@ -124,10 +126,12 @@ def _check(name: str, value: Any, p: Param) -> str | None:
         what = {"int_list": "ints", "float_list": "numbers", "str_list": "strings"}[p.kind]
         if p.scalar_ok and elem_ok(value):
             value = [value]
-        if not isinstance(value, (list, tuple)) or not value or not all(elem_ok(v) for v in value):
-            return (f"{name} must be a non-empty list of {what}{low}, got {_describe(value)};{example}."
+        if not isinstance(value, (list, tuple)) or (not value and not p.empty_ok) \
+                or not all(elem_ok(v) for v in value):
+            kind = "list" if p.empty_ok else "non-empty list"
+            return (f"{name} must be a {kind} of {what}{low}, got {_describe(value)};{example}."
                     f"{_papermill_hint(value)}")
-        if p.minimum is not None and min(value) < p.minimum:
+        if p.minimum is not None and value and min(value) < p.minimum:
             return f"{name} values must be{low}, got {list(value)};{example}."
     else:  # pragma: no cover - a bad spec is a programming error
         raise ValueError(f"unknown Param kind {p.kind!r} for {name}")
@@ -209,7 +213,8 @@ NOTEBOOK_SPECS: dict[str, dict[str, Param]] = {
         "MAX_QUERIES": Param("int", 1, optional=True, example="40"),
         "ITERATIONS": Param("int", 1, example="100"),
         "NOVEL_POLICY": _POLICY,
-        "BACKBONES": Param("str_list", optional=True, example="['efficientnet_lite0', 'efficientnet_lite2']"),
+        "BACKBONES": Param("str_list", optional=True, empty_ok=True,
+                           example="['efficientnet_lite0', 'efficientnet_lite2']"),
         "BACKBONE_ITERATIONS": Param("int", 1, optional=True, example="100"),
     },
 }

@@ -167,3 +167,14 @@ def test_fit_refuses_a_base_classifier_of_another_fold():
     other = nn.Conv2d(D + 1, 3, 1)
     with pytest.raises(ValueError, match="B=3 base classes but the classifier has 2"):
         BCM(other).fit(task)
+
+
+@pytest.mark.parametrize("shots", [1, 2])
+def test_host_counts_are_taken_at_feature_resolution_on_nearest_downsampled_masks(shots):
+    # each support object is 2 x 3 cells of the 8 x 8 feature grid (8 x 12 label pixels at 16 x 16): the counts must
+    # be feature pixels (6 per shot), not label pixels (24), and all on the host (official init_table)
+    base, task, _ = _task(shots)
+    bcm = BCM(base).fit(task)
+    assert bcm.counts.shape == (2, 1 + B)
+    assert bcm.counts.sum(1).tolist() == [6 * shots, 6 * shots]
+    assert bcm.counts[0, 0] == 6 * shots and bcm.counts[1, 2] == 6 * shots

@@ -108,15 +108,35 @@ def test_your_own_images_notebook_on_bundled_photos():
     assert len(rows) == 12 and all(0.0 <= r["foreground %"] <= 100.0 for r in rows)
     out = Path(results["run"]["dir"]) / "overlays"
     assert len(list(out.glob("*_overlay.png"))) == 12
+
+
+@pytest.mark.notebook
 def test_bcm_notebook_on_default_data():
-    # CI runs 1 shot only (the 1- and 5-shot QUICK run takes about 15 min on a loaded 2-core CPU); 5 shots: make book
-    executed, results = run_notebook("04b_bcm", "bcm_synthetic", {"QUICK": True, "SHOTS": [1]})
+    # the full QUICK run (1 and 5 shots): about 2.5 min on a 2-core CPU with the shared base model cached
+    executed, results = run_notebook("04b_bcm", "bcm_synthetic", {"QUICK": True})
     assert_shows_figures(executed, "04b_bcm")
     assert {r["method"] for r in results["comparison"]} == {"prototype", "fine-tuning", "DIaM", "BCM"}
+    assert {r["shots"] for r in results["comparison"]} == {1, 5}
     for row in results["comparison"] + results["ablation"] + results["backbones"]:
         assert 0.0 <= row["base"] <= 1.0 and 0.0 <= row["novel"] <= 1.0
     assert results["kept_exactly"] is True  # base classes hosting no novel class keep their IoU exactly
+    assert {r["method"] for r in results["detection"]} == {"BCM", "DIaM"}
+    for row in results["detection"]:
+        assert all(0.0 <= row[c] <= 1.0 for c in ("novel recall", "novel precision", "right class when detected"))
     assert results["backbones"] == []  # (f) Lite0 vs Lite2 is skipped in QUICK on the default data (CI time)
+
+
+@pytest.mark.notebook
+@pytest.mark.camvid
+def test_bcm_notebook_on_camvid_fold0():
+    # (f) off here (it trains a Lite2 base model: minutes); BACKBONES=None runs it
+    root = camvid_root()
+    executed, results = run_notebook("04b_bcm", "bcm_camvid_fold0",
+                                     {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root), "FOLD": 0,
+                                      "BACKBONES": []})
+    assert_shows_figures(executed, "04b_bcm")
+    assert {r["shots"] for r in results["comparison"]} == {1, 5}
+    assert results["kept_exactly"] is True
 
 
 @pytest.mark.notebook

@@ -74,3 +74,15 @@ def test_all_problems_are_reported_at_once_and_valid_values_pass(tmp_path):
                                "03_contrastive_distillation")["SHOTS"] == 5
     with pytest.raises(KeyError, match="known"):
         validate_parameters({}, "99_nope")
+
+
+def test_bcm_backbones_may_be_empty_to_skip_the_backbone_section():
+    ns = {"DEVICE": "auto", "SEED": 0, "QUICK": True, "DATASET": "synthetic", "DATA_ROOT": None, "FOLD": 0,
+          "SHOTS": [1, 5], "N_RUNS": None, "MAX_QUERIES": None, "ITERATIONS": 100, "NOVEL_POLICY": "background",
+          "BACKBONES": [], "BACKBONE_ITERATIONS": None, "RESULTS_DIR": "results/04b_bcm",
+          "BASE_MODEL_DIR": "results/base_models"}
+    assert validate_parameters(ns, "04b_bcm")["BACKBONES"] == []
+    with pytest.raises(ParameterError, match="SHOTS must be a non-empty list"):  # empty_ok is per parameter
+        validate_parameters({**ns, "SHOTS": []}, "04b_bcm")
+    with pytest.raises(ParameterError, match="BACKBONES must be a list of strings"):
+        validate_parameters({**ns, "BACKBONES": [1]}, "04b_bcm")
