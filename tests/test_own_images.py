@@ -255,3 +255,32 @@ def test_multi_level_training_free_methods_get_their_levels() -> None:
     # one SLIC proposal (of 100) is chosen: a part of the cat, inside it
     assert 0 < matching.mask.sum() and (matching.mask & truth).sum() / matching.mask.sum() > 0.8
     assert matching.probability.max() > 0.99  # its [1 - M, M] probabilities are kept, not softmaxed again
+
+
+@pytest.mark.filterwarnings("ignore:fold 0. classes dropped from the episodes")  # a 12-image toy training split
+def test_a_meta_trained_pfenet_learner_segments(support) -> None:
+    """A PFENet meta-learner after (two steps of) episodic training on synthetic base classes runs through
+    segment() on the backbone it was trained with; before training it is refused (above)."""
+    import torch
+
+    from fss_lab.data import PairTransform, TransformedItems, create_dataset
+    from fss_lab.engine.episodic import EpisodicConfig, train_episodic
+    from fss_lab.methods.pfenet import PFENetMetaLearner
+    from fss_lab.models.backbones import create_backbone
+    from fss_lab.models.features import FeatureCache, FeatureExtractor
+
+    torch.manual_seed(0)
+    bb = create_backbone("efficientnet_lite0", weights=None)
+    train = create_dataset("synthetic", split="train", image_size=64, n_images=12)
+    pre = bb.preprocessing
+    items = TransformedItems(train, PairTransform((64, 64), "resize", tuple(pre.mean), tuple(pre.std)))
+    caches = {lv: FeatureCache(FeatureExtractor(bb, (lv,), device="cpu"), items.image) for lv in ("s16", "s32")}
+    learner = PFENetMetaLearner(reduce_dim=8, bins=(1.0,), backbone=bb)
+    train_episodic(learner, EpisodicConfig(iterations=2, batch_episodes=2, min_area=16, device="cpu"), fold=0,
+                   train_items=items, train_features=caches, progress=False)
+    img, mask = support
+    query, _ = scene(50, 90, (5, 35, 30, 70), 3)
+    out = fss_lab.segment(img, mask, [query, img], method=learner, backbone=bb, image_size=SIZE, device="cpu")
+    assert [o.mask.shape for o in out] == [(50, 90), (60, 80)]
+    assert all(0 <= o.probability.min() <= o.probability.max() <= 1 for o in out)
+    assert learner.inputs is not None  # segment() fitted the learner on the support set
