@@ -284,3 +284,43 @@ def test_a_meta_trained_pfenet_learner_segments(support) -> None:
     assert [o.mask.shape for o in out] == [(50, 90), (60, 80)]
     assert all(0 <= o.probability.min() <= o.probability.max() <= 1 for o in out)
     assert learner.inputs is not None  # segment() fitted the learner on the support set
+
+
+def _save_exif_rotated(array: np.ndarray, path: Path) -> None:
+    """Save ``array`` as a phone does: pixels stored rotated 90 degrees, EXIF orientation 6 ("rotate 90 clockwise
+    to display"), so viewers (and load_image) show ``array`` again."""
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(array, k=1)))
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    stored.save(path, exif=exif)
+
+
+def test_exif_rotated_photos_and_masks_are_segmented_as_displayed(tmp_path: Path, support) -> None:
+    img, mask = support  # 60x80 as displayed
+    query, truth = scene(70, 50, (30, 65, 5, 40), 5)  # a portrait query as displayed
+    _save_exif_rotated(img, tmp_path / "s.png")
+    _save_exif_rotated(mask * 255, tmp_path / "s_mask.png")  # a mask saved by the same phone app
+    _save_exif_rotated(query, tmp_path / "q.png")
+    assert Image.open(tmp_path / "q.png").size == (70, 50)  # stored landscape (W x H), displayed portrait
+    from_files = fss_lab.segment(tmp_path / "s.png", tmp_path / "s_mask.png", tmp_path / "q.png",
+                                 image_size=(128, 128), device="cpu")[0]
+    assert from_files.mask.shape == (70, 50) and from_files.image.shape == (70, 50, 3)
+    assert from_files.iou(truth) > 0.5, from_files.iou(truth)
+    np.testing.assert_array_equal(from_files.image, query)
+    # the mask as an upright array with the EXIF-rotated photo file: sizes agree after the orientation is applied
+    mixed = fss_lab.segment(tmp_path / "s.png", mask, query, image_size=(128, 128), device="cpu")[0]
+    np.testing.assert_array_equal(mixed.mask, from_files.mask)
+
+
+def test_more_bad_masks_are_explained(support) -> None:
+    img, mask = support
+    with pytest.raises(SegmentInputError, match=r"float mask must hold only 0 and 1.*mask > 0.5"):
+        load_mask(mask * 0.7)
+    with pytest.raises(SegmentInputError, match=r"expected a mask \[H, W\], got shape \(1, 60, 80\)"):
+        load_mask(mask[None])  # [1, H, W], e.g. a channel-first tensor
+    tiny = np.zeros_like(mask)
+    tiny[31, 41] = 1  # one pixel: gone after resizing the 60x80 photo to a 16x16 input
+    with pytest.raises(SegmentInputError, match=r"support mask\(s\) \[0\]: the foreground vanishes at the 16x16 input"):
+        fss_lab.segment(img, tiny, img, image_size=(16, 16), device="cpu")
+    with pytest.raises(SegmentInputError, match="class_id 9 does not occur"):
+        load_mask(mask * 3, class_id=9)
