@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _segment(a: argparse.Namespace) -> int:
-    from .own_images import save_segmentations, segment
+    from .own_images import _MODEL_HELP, SegmentInputError, save_segmentations, segment
 
     for kind, paths in (("support image", a.support), ("mask", a.mask), ("query", a.query)):
         for path in paths:
@@ -93,13 +93,18 @@ def _segment(a: argparse.Namespace) -> int:
                 raise CLIError(f"{kind} not found: {path}")
     if a.model is not None and not Path(a.model).is_file():
         raise CLIError(f"model checkpoint not found: {a.model}")
-    out = segment(a.support, a.mask, a.query, method=a.method, model=a.model, backbone=a.backbone,
-                  image_size=tuple(a.image_size) if a.image_size else None, class_id=a.class_id, device=a.device,
-                  overlays=not a.no_overlays)
+    try:
+        out = segment(a.support, a.mask, a.query, method=a.method, model=a.model, backbone=a.backbone,
+                      image_size=tuple(a.image_size) if a.image_size else None, class_id=a.class_id,
+                      device=a.device, overlays=not a.no_overlays)
+    except SegmentInputError as exc:  # the API's advice in the command line's terms
+        raise CLIError(str(exc).replace(_MODEL_HELP, "pass --model CHECKPOINT (a base model written by `fss-lab "
+                                                     "train-base CONFIG` or cached in notebooks/results/base_models/)"))
     save_segmentations(out, a.out)
     for q, s in zip(a.query, out):
         print(f"{q}: {100 * s.mask.mean():.1f} % foreground -> {Path(a.out) / (s.name + '_mask.png')}")
-    print(f"wrote {len(out)} masks{'' if a.no_overlays else ' and overlays'} to {a.out}")
+    print(f"wrote {len(out)} mask{'s' if len(out) != 1 else ''}{'' if a.no_overlays else ' and overlay'}"
+          f"{'s' if len(out) != 1 and not a.no_overlays else ''} to {a.out}")
     return 0
 
 

@@ -95,7 +95,7 @@ def test_segment_with_a_trained_base_model_checkpoint(tmp_path: Path) -> None:
     args = ("segment", "--support", "p0.png", "--mask", "label/p0.png", "--query", "p1.png", "--out", "out",
             "--image-size", "64", "64", "--device", "cpu", "--method", "diam")
     missing = fss_lab(*args, cwd=tmp_path)
-    assert missing.returncode == 2 and "trained base model; pass model=" in missing.stderr
+    assert missing.returncode == 2 and "trained base model; pass --model CHECKPOINT" in missing.stderr
     assert "Traceback" not in missing.stderr
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "base.pt", model=PSPNet("efficientnet_lite0", 3, weights=None, bottleneck_dim=8),
