@@ -23,6 +23,7 @@ EXAMPLES = {
     "segment": """examples:
   fss-lab segment --support cat.jpg --mask cat_mask.png --query q1.jpg q2.jpg --out out/
   fss-lab segment --support a.jpg b.jpg --mask a.png b.png --query photos/*.jpg --method repri --out out/
+  fss-lab segment --support a.jpg --mask a.png --query q.jpg --method diam --model base.pt --out out/
 masks: black/white PNGs (nonzero = the object), the same size as their photo; --class-id N for class-id masks.
 writes out/<query>_mask.png (0/255) and out/<query>_overlay.png, and prints one line per query.""",
     "evaluate": """examples:
@@ -59,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mask", nargs="+", required=True, metavar="PNG", help="their masks, same order")
     s.add_argument("--query", nargs="+", required=True, metavar="IMAGE", help="photos to segment")
     s.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    s.add_argument("--method", default="prototype", help="prototype (default), repri or binary-ft")
-    s.add_argument("--backbone", default="efficientnet_lite0")
+    s.add_argument("--method", default="prototype",
+                   help="prototype (default), repri, binary-ft, pfenet-prior, mmformer-heuristic; with --model: diam, "
+                        "gfss-prototype, bcm, finetune-last-layer")
+    s.add_argument("--model", default=None, metavar="CHECKPOINT",
+                   help="a trained base model (PSPNet checkpoint of 'fss-lab train-base') for methods that read it")
+    s.add_argument("--backbone", default=None, help="backbone of training-free methods (default efficientnet_lite0)")
     s.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"), default=None,
                    help="network input in pixels (default: long side 320, aspect ratio of the photos)")
     s.add_argument("--class-id", type=int, default=None, help="the object's value in class-id masks")
@@ -80,19 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _segment(a: argparse.Namespace) -> int:
-    from .own_images import save_segmentations, segment
+    from .own_images import _MODEL_HELP, SegmentInputError, save_segmentations, segment
 
     for kind, paths in (("support image", a.support), ("mask", a.mask), ("query", a.query)):
         for path in paths:
             if not Path(path).is_file():
                 raise CLIError(f"{kind} not found: {path}")
-    out = segment(a.support, a.mask, a.query, method=a.method, backbone=a.backbone,
-                  image_size=tuple(a.image_size) if a.image_size else None, class_id=a.class_id, device=a.device,
-                  overlays=not a.no_overlays)
+    if a.model is not None and not Path(a.model).is_file():
+        raise CLIError(f"model checkpoint not found: {a.model}")
+    try:
+        out = segment(a.support, a.mask, a.query, method=a.method, model=a.model, backbone=a.backbone,
+                      image_size=tuple(a.image_size) if a.image_size else None, class_id=a.class_id,
+                      device=a.device, overlays=not a.no_overlays)
+    except SegmentInputError as exc:  # the API's advice in the command line's terms
+        raise CLIError(str(exc).replace(_MODEL_HELP, "pass --model CHECKPOINT (a base model written by `fss-lab "
+                                                     "train-base CONFIG` or cached in notebooks/results/base_models/)"))
     save_segmentations(out, a.out)
     for q, s in zip(a.query, out):
         print(f"{q}: {100 * s.mask.mean():.1f} % foreground -> {Path(a.out) / (s.name + '_mask.png')}")
-    print(f"wrote {len(out)} masks{'' if a.no_overlays else ' and overlays'} to {a.out}")
+    print(f"wrote {len(out)} mask{'s' if len(out) != 1 else ''}{'' if a.no_overlays else ' and overlay'}"
+          f"{'s' if len(out) != 1 and not a.no_overlays else ''} to {a.out}")
     return 0
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .labels import IGNORE_INDEX
 
-__all__ = ["Segmentation", "SegmentInputError", "segment", "load_image", "load_mask", "auto_image_size",
+__all__ = ["Segmentation", "SegmentInputError", "segment", "load_image", "load_mask", "load_model", "auto_image_size",
            "dataset_image_size"]
 
 ImageLike = Union[str, Path, np.ndarray, "PIL.Image.Image", torch.Tensor]  # noqa: F821
@@ -41,7 +41,8 @@ class Segmentation:
     """The segmentation of one query image, at its original size (after EXIF orientation).
 
     Attributes:
-        mask: bool ``[H0, W0]``, ``True`` where the support class is predicted (argmax of the probabilities).
+        mask: bool ``[H0, W0]``, ``True`` where the support class wins the argmax of the class probabilities
+            (for 1-way methods: probability > 0.5).
         probability: float32 ``[H0, W0]`` in ``[0, 1]``, the foreground probability (softmax of the method's
             logits over background / foreground).
         image: uint8 ``[H0, W0, 3]`` RGB, the query as read.
@@ -247,34 +248,102 @@ def _name(x: Any, i: int, kind: str) -> str:
     return Path(x).stem if isinstance(x, (str, Path)) else f"{kind}{i}"
 
 
-def _method(method: Any, method_kwargs: Mapping[str, Any] | None):
+#: what a method that reads a trained model's features needs (the error message of :func:`segment`)
+_MODEL_HELP = ("pass model=<the trained base model>: a PSPNet, the BaseModel of "
+               "fss_lab.experiments.base_model.get_base_model(...), or the path of its checkpoint (written by "
+               "`fss-lab train-base CONFIG` or cached in notebooks/results/base_models/)")
+
+
+def _model_levels(levels: Sequence[str]) -> list[str]:
+    """The levels of ``levels`` computed by a trained model (``"bottleneck"`` / ``"backbone"``)."""
+    from .methods.base import FEATURE_SOURCES
+
+    return [lv for lv in levels if lv in FEATURE_SOURCES]
+
+
+def load_model(model: Any):
+    """The trained segmentation model behind ``model=`` of :func:`segment`, in eval mode.
+
+    Args:
+        model: a :class:`~fss_lab.models.pspnet.PSPNet` (or any module with ``features`` / ``backbone_features`` /
+            ``preprocessing`` and a 1x1 ``classifier``), a :class:`~fss_lab.experiments.base_model.BaseModel`, or
+            the path of a PSPNet checkpoint (:func:`fss_lab.engine.checkpoint.load_pspnet`).
+
+    Raises:
+        SegmentInputError: a missing or unreadable checkpoint file, or an object that is none of these.
+    """
+    from torch import nn
+
+    if isinstance(model, (str, Path)):
+        if not Path(model).is_file():
+            raise SegmentInputError(f"model: checkpoint not found: {model}; {_MODEL_HELP}")
+        from .engine.checkpoint import CheckpointError, load_pspnet
+
+        try:
+            return load_pspnet(model)
+        except CheckpointError as exc:
+            raise SegmentInputError(f"model: cannot load {model} as a trained PSPNet ({exc})") from None
+    if hasattr(model, "model") and isinstance(getattr(model, "model"), nn.Module) and hasattr(model, "class_map"):
+        model = model.model  # a BaseModel
+    if isinstance(model, nn.Module) and all(hasattr(model, a) for a in ("features", "preprocessing", "classifier")):
+        return model.eval()
+    raise SegmentInputError(f"model: expected a trained PSPNet, a BaseModel or a checkpoint path, got "
+                            f"{type(model).__name__}; {_MODEL_HELP}")
+
+
+def _method(method: Any, method_kwargs: Mapping[str, Any] | None, model: Any, backbone: Any):
+    """The method instance :func:`segment` runs, built from a registered name (with the trained ``model`` for
+    methods that read its features) or checked when given as an instance."""
     from .methods import Method, create_method, list_methods, method_class
 
+    kwargs = dict(method_kwargs or {})
     if isinstance(method, Method):
+        if kwargs:
+            raise SegmentInputError(f"method_kwargs {sorted(kwargs)} are for a method given by name; method is "
+                                    f"already a {type(method).__name__} instance: set them when you build it")
         m = method
     else:
         try:
             cls = method_class(method)
         except KeyError:
             raise SegmentInputError(f"unknown method {method!r}; 1-way methods on frozen features: "
-                                    f"{_frozen_methods()}") from None
-        if "fss" not in cls.label_spaces:
-            raise SegmentInputError(f"method {method!r} handles GFSS tasks only (it needs base classes); pick a "
-                                    f"1-way method: {list_methods('fss')}")
-        m = create_method(method, **dict(method_kwargs or {}))
-    if "fss" not in m.label_spaces:
-        raise SegmentInputError(f"method {m.name!r} does not handle 1-way tasks; pick one of {list_methods('fss')}")
-    if m.feature_levels:
-        raise SegmentInputError(
-            f"method {m.name!r} reads the {list(m.feature_levels)} features of a trained model, which segment() does "
-            f"not compute; segment() runs methods on frozen backbone features: {_frozen_methods()}")
+                                    f"{_frozen_methods()}; with model=: {_model_methods()}") from None
+        if cls.episodic_training:
+            raise SegmentInputError(
+                f"method {method!r} is a network meta-trained on base-class episodes, and a name gives an untrained "
+                f"one: meta-train it (fss_lab.engine.episodic.train_episodic, notebook 05/06) and pass the trained "
+                f"instance, method=<the learner>; training-free methods: {_frozen_methods()}")
+        if _model_levels(cls.feature_levels):
+            if model is None:
+                raise SegmentInputError(f"method {method!r} reads the {list(cls.feature_levels)} features and the "
+                                        f"classifier of a trained base model; {_MODEL_HELP}")
+            kwargs.setdefault("model", model)
+        elif method == "pfenet-prior":
+            kwargs.setdefault("backbone", backbone)  # its layer-3 -> layer-4 path must be the features' backbone
+        m = create_method(method, **kwargs)
+    if not ("fss" in m.label_spaces or ("gfss" in m.label_spaces and model is not None)):
+        raise SegmentInputError(f"method {m.name!r} handles GFSS tasks only: it needs the base classes of a trained "
+                                f"model; {_MODEL_HELP}. 1-way methods: {list_methods('fss')}")
+    if _model_levels(m.feature_levels) and model is None:
+        raise SegmentInputError(f"method {m.name!r} reads the {list(m.feature_levels)} features of a trained model, "
+                                f"which segment() computes only from that model; {_MODEL_HELP}")
+    if m.episodic_training and getattr(m, "network", None) is None:
+        raise SegmentInputError(f"method {m.name!r} has no trained network: meta-train it first "
+                                "(fss_lab.engine.episodic.train_episodic) and pass the trained instance")
     return m
 
 
 def _frozen_methods() -> list[str]:
     from .methods import list_methods, method_class
 
-    return [n for n in list_methods("fss") if not method_class(n).feature_levels]
+    return [n for n in list_methods("fss") if not _model_levels(method_class(n).feature_levels)
+            and not method_class(n).episodic_training]
+
+
+def _model_methods() -> list[str]:
+    from .methods import list_methods, method_class
+
+    return [n for n in list_methods() if _model_levels(method_class(n).feature_levels)]
 
 
 def segment(
@@ -284,7 +353,8 @@ def segment(
     *,
     method: str | Any = "prototype",
     method_kwargs: Mapping[str, Any] | None = None,
-    backbone: str | Any = "efficientnet_lite0",
+    model: Any = None,
+    backbone: str | Any | None = None,
     levels: Sequence[str] = ("s16_expanded",),
     image_size: tuple[int, int] | None = None,
     class_id: int | None = None,
@@ -294,36 +364,58 @@ def segment(
 ) -> list[Segmentation]:
     """Segment the support masks' class in new images (1-way K-shot FSS on your own photos).
 
+    Three kinds of methods run:
+
+    * **training-free, on frozen backbone features** (``"prototype"``, ``"repri"``, ``"binary-ft"``, and the
+      multi-level ``"pfenet-prior"`` / ``"mmformer-heuristic"``, whose levels and SLIC proposals are computed
+      here): give a name, or an instance;
+    * **methods that read a trained base model** (DIaM, BCM, GFSS prototype, fine-tuning; their
+      ``feature_levels`` name ``"bottleneck"`` / ``"backbone"``): give ``model=`` (a PSPNet, a ``BaseModel`` or a
+      checkpoint path) and the name, e.g. ``method="diam", model="base.pt"``, or an instance built on that model
+      (``method=DIaM(model), model=model``). GFSS-only methods then run a GFSS task: the model's B base classes
+      plus the support's class as novel class ``B + 1``; the returned mask is where that class wins the argmax
+      over all ``1 + B + 1`` classes (base objects are not called foreground) and the probability is its softmax;
+    * **meta-trained networks** (``"pfenet-meta"``, ``"mmformer"``: ``episodic_training``): give the trained
+      instance (after :func:`fss_lab.engine.episodic.train_episodic`), built on the same ``backbone``.
+
     Args:
         support_images: K support images (paths, PIL images or arrays; see :func:`load_image`); one is fine.
         support_masks: their K masks, same order and size (see :func:`load_mask`: binary, or class ids with
             ``class_id``).
         query_images: Q images to segment, of any size and aspect ratio.
-        method: a registered 1-way method that works on frozen features (``"prototype"``, ``"repri"``,
-            ``"binary-ft"``) or a :class:`~fss_lab.methods.Method` instance.
-        method_kwargs: keywords for :func:`~fss_lab.methods.create_method` (e.g. ``{"adapt_iter": 50}``).
+        method: a registered method name (above) or a :class:`~fss_lab.methods.Method` instance.
+        method_kwargs: keywords for :func:`~fss_lab.methods.create_method` of a named method (e.g.
+            ``{"adapt_iter": 50}``, ``{"iterations": 100}``).
+        model: the trained base model for methods that read its features (:func:`load_model`: a PSPNet, a
+            :class:`~fss_lab.experiments.base_model.BaseModel` or a checkpoint path); moved to ``device``. Its
+            backbone's mean/std normalise the images.
         backbone: a registered backbone name or a :class:`~fss_lab.models.backbones.Backbone` (its
-            ``preprocessing`` mean/std normalise the images).
-        levels: backbone feature levels (the FSS experiments' default: ``("s16_expanded",)``).
+            ``preprocessing`` mean/std normalise the images); default ``"efficientnet_lite0"``, or the model's own
+            backbone when ``model`` is given.
+        levels: backbone feature levels of single-level methods (the FSS experiments' default:
+            ``("s16_expanded",)``); a method that declares ``feature_levels`` gets those.
         image_size: ``(H, W)`` network input in pixels; ``None``: :func:`auto_image_size` of all images (long side
             320, square for square photos).
         class_id: for class-id masks, the value of the support class.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         overlays: also return :attr:`Segmentation.overlay` images.
-        batch_size: images per backbone forward pass.
+        batch_size: images per forward pass.
 
     Returns:
         one :class:`Segmentation` per query, in order, at the query's original size (after EXIF orientation).
 
     Raises:
         SegmentInputError: no images, a different number of support images and masks, a mask whose size differs
-            from its image's, a mask without foreground, an unknown or unsuitable method (each names the input
-            and the fix).
+            from its image's, a mask without foreground, an unknown or unsuitable method, a method that needs a
+            trained model without ``model=`` (names what to pass), an untrained meta-learner, ``model`` and
+            ``backbone`` both given (each names the input and the fix).
     """
     from .data import PairTransform
     from .engine.device import resolve_device
+    from .labels import LabelSpace
     from .methods import Task
-    from .models.features import FeatureExtractor
+    from .models.features import FeatureExtractor, ModelFeatures
+    from .models.proposal_features import PROPOSAL_LEVEL, ProposalExtractor
 
     sup_in, mask_in, qry_in = _as_list(support_images), _as_list(support_masks), _as_list(query_images)
     if not sup_in or not qry_in:
@@ -331,7 +423,16 @@ def segment(
     if len(sup_in) != len(mask_in):
         raise SegmentInputError(f"{len(sup_in)} support images but {len(mask_in)} support masks; give one mask per "
                                 "support image, in the same order")
-    m = _method(method, method_kwargs)
+    dev = resolve_device(device)
+    net_model = None if model is None else load_model(model).to(dev)
+    if net_model is not None and backbone is not None:
+        raise SegmentInputError("give backbone= or model=, not both: the model's own backbone computes the features "
+                                "it was trained on")
+    if net_model is not None:
+        net = net_model.backbone
+    else:
+        net = _backbone(backbone or "efficientnet_lite0") if isinstance(backbone, (str, type(None))) else backbone
+    m = _method(method, method_kwargs, net_model, net)
     sup = [load_image(x, f"support image {i} ({_name(x, i, 'support')})") for i, x in enumerate(sup_in)]
     masks = [load_mask(x, f"support mask {i} ({_name(x, i, 'mask')})", class_id) for i, x in enumerate(mask_in)]
     for i, (im, mk) in enumerate(zip(sup, masks)):
@@ -340,39 +441,61 @@ def segment(
                 f"support mask {i} is {mk.shape[0]}x{mk.shape[1]} (HxW) but its image is {im.shape[0]}x{im.shape[1]}"
                 "; draw the mask on the same image (EXIF orientation applied), or resize it with nearest neighbour")
     qry = [load_image(x, f"query {i} ({_name(x, i, 'query')})") for i, x in enumerate(qry_in)]
-    dev = resolve_device(device)
-    net = _backbone(backbone) if isinstance(backbone, str) else backbone
     size = tuple(image_size) if image_size else auto_image_size([a.shape[:2] for a in sup + qry])
-    pre = net.preprocessing
+    pre = net_model.preprocessing if net_model is not None else net.preprocessing
     transform = PairTransform(size, "long_side_pad", tuple(pre.mean), tuple(pre.std))
-    extractor = FeatureExtractor(net, levels=tuple(levels), device=dev)
 
-    def features(images: list[np.ndarray]) -> torch.Tensor:
+    def extractor(level: str):
+        if level in _model_levels((level,)):
+            return ModelFeatures(net_model, level)
+        if level == PROPOSAL_LEVEL:
+            return ProposalExtractor()
+        return FeatureExtractor(net, levels=(level,), device=dev)
+
+    if m.feature_levels:  # the levels the method declares, each computed by its own source
+        extractors = {lv: extractor(lv) for lv in m.feature_levels}
+    else:  # a single-level method: one extractor of ``levels`` (several are concatenated), named after the first
+        extractors = {levels[0]: FeatureExtractor(net, levels=tuple(levels), device=dev)}
+
+    def features(images: list[np.ndarray]) -> dict[str, torch.Tensor]:
         x = torch.stack([transform.image(a) for a in images])
-        return torch.cat([extractor(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        return {lv: torch.cat([ex(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).to(dev)
+                for lv, ex in extractors.items()}
 
     sup_labels = torch.stack([transform.label(mk) for mk in masks]).to(dev)
     if not bool((sup_labels == 1).flatten(1).any(1).all()):
         empty = [i for i in range(len(masks)) if not bool((sup_labels[i] == 1).any())]
         raise SegmentInputError(f"support mask(s) {empty}: the foreground vanishes at the {size[0]}x{size[1]} input; "
                                 "draw a larger object or pass a larger image_size")
-    fs = features(sup)
-    fq = features(qry)
+    if "fss" in m.label_spaces:
+        space, fg = LabelSpace.fss(), 1
+    else:  # a GFSS method on a trained model: its base classes + the support's class as the one novel class
+        from .ops import classifier_rows
+
+        num_base = int(classifier_rows(net_model)[0].shape[0]) - 1
+        space, fg = LabelSpace(num_base, 1), num_base + 1
+        sup_labels = torch.where(sup_labels == 1, torch.full_like(sup_labels, fg), sup_labels)
     valid = torch.zeros(len(qry), *size, dtype=torch.bool, device=dev)
     for i, a in enumerate(qry):
         h, w = transform.resized_size(*a.shape[:2])
         valid[i, :h, :w] = True
-    task = Task.fss(fs, sup_labels, fq, size, level=levels[0], query_valid=valid, meta={"call": "segment"})
+    task = Task(features(sup), sup_labels, features(qry), space, shots=len(sup), size=size, query_valid=valid,
+                meta={"call": "segment"})
     with torch.enable_grad():
-        logits = m.fit(task).predict(task)  # transductive methods (RePRI) see the queries in fit
-    prob = torch.softmax(logits.detach().float(), dim=1)[:, 1]  # [Q, H, W] foreground probability
+        logits = m.fit(task).predict(task)  # transductive methods (RePRI, DIaM) see the queries in fit
+    logits = logits.detach().float()
+    if bool((logits >= 0).all()) and torch.allclose(logits.sum(1), torch.ones_like(logits[:, 0]), atol=1e-4):
+        prob = logits  # a method that returns probabilities (MM-Former's matching: [1 - M, M]); softmax would flatten
+    else:
+        prob = torch.softmax(logits, dim=1)  # [Q, C, H, W]
     out = []
     for i, a in enumerate(qry):
         h0, w0 = a.shape[:2]
         h, w = transform.resized_size(h0, w0)
-        p = F.interpolate(prob[i:i + 1, None, :h, :w], size=(h0, w0), mode="bilinear", align_corners=False)[0, 0]
-        p = p.clamp_(0, 1).cpu().numpy().astype(np.float32)
-        seg = Segmentation(mask=p > 0.5, probability=p, image=a, name=_name(qry_in[i], i, "query"))
+        p = F.interpolate(prob[i:i + 1, :, :h, :w], size=(h0, w0), mode="bilinear", align_corners=False)[0]
+        mask = (p.argmax(0) == fg).cpu().numpy()
+        p = p[fg].clamp_(0, 1).cpu().numpy().astype(np.float32)
+        seg = Segmentation(mask=mask, probability=p, image=a, name=_name(qry_in[i], i, "query"))
         if overlays:
             seg.overlay = make_overlay(a, seg.mask)
         out.append(seg)

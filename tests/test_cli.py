@@ -83,3 +83,25 @@ def test_evaluate_a_one_class_folder_to_csv_and_json(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"dataset": "folder", "shotz": [1]}))
     r = fss_lab("evaluate", str(bad), "--out", "res", cwd=tmp_path)
     assert r.returncode == 2 and "unknown keys ['shotz']" in r.stderr
+
+
+def test_segment_with_a_trained_base_model_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    from fss_lab.engine.checkpoint import save_checkpoint
+    from fss_lab.models.pspnet import PSPNet
+
+    photos(tmp_path, 2)
+    args = ("segment", "--support", "p0.png", "--mask", "label/p0.png", "--query", "p1.png", "--out", "out",
+            "--image-size", "64", "64", "--device", "cpu", "--method", "diam")
+    missing = fss_lab(*args, cwd=tmp_path)
+    assert missing.returncode == 2 and "trained base model; pass --model CHECKPOINT" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "base.pt", model=PSPNet("efficientnet_lite0", 3, weights=None, bottleneck_dim=8),
+                    iteration=0)
+    r = fss_lab(*args, "--model", "base.pt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p1_mask.png", "p1_overlay.png"]
+    gone = fss_lab(*args, "--model", "nope.pt", cwd=tmp_path)
+    assert gone.returncode == 2 and "model checkpoint not found: nope.pt" in gone.stderr
