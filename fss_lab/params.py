@@ -197,6 +197,7 @@ NOTEBOOK_SPECS: dict[str, dict[str, Param]] = {
         "SHOTS": Param("int_list", 1, example="[1, 5]"),
         "N_EPISODES": Param("int", 1, optional=True, example="40"),
         "ROUNDS": Param("int", 0, example="5"),
+        "ABLATION_SHOTS": Param("int_list", 1, optional=True, example="[1]"),
         "OFFICIAL_S2Q": Param("bool", optional=True),
         "META_MODEL_DIR": Param("path", example="'results/meta_models'"),
     },

@@ -439,21 +439,29 @@ class EFTNet(Method):
         up = lambda z: F.interpolate(z, size=size, mode="bilinear", align_corners=True)  # noqa: E731
         k = u.fs.shape[1]
 
-        def forward(q_mask, prior_pq, prior_ps, use_pseudo, grad: bool):
-            with torch.set_grad_enabled(grad):
-                protos = run_all("proto", u.fs, u.s_masks)             # [U, K, c]
-                pseudo = run_all("proto", u.fq, q_mask[:, None])       # [U, 1, c]
-                parts = [self._round_inputs(protos[i], pseudo[i], u.prior_real[i], u.prior_ss[i], prior_pq[i],
-                                            prior_ps[i], use_pseudo) for i in range(n)]
-                qp, qprior, sp, sprior = (torch.stack([p[j] for p in parts]) for j in range(4))
-                logits, aux = run_all("fem", u.fq, qp, qprior)
-            with torch.no_grad():
-                s_logits, _ = run_all("fem", u.fs, sp.detach(), sprior)
-            return logits[:, 0], [a[:, 0] for a in aux], s_logits
+        def inputs(q_mask, prior_pq, prior_ps, use_pseudo):
+            protos = run_all("proto", u.fs, u.s_masks)             # [U, K, c]
+            pseudo = run_all("proto", u.fq, q_mask[:, None])       # [U, 1, c]
+            parts = [self._round_inputs(protos[i], pseudo[i], u.prior_real[i], u.prior_ss[i], prior_pq[i],
+                                        prior_ps[i], use_pseudo) for i in range(n)]
+            return [torch.stack([p[j] for p in parts]) for j in range(4)]
+
+        def query_forward(q_mask, prior_pq, prior_ps, use_pseudo):
+            """The query's logits [U, 2, h, w] and aux logits (with gradients when enabled)."""
+            qp, qprior, _, _ = inputs(q_mask, prior_pq, prior_ps, use_pseudo)
+            logits, aux = run_all("fem", u.fq, qp, qprior)
+            return logits[:, 0], [a[:, 0] for a in aux]
+
+        @torch.no_grad()
+        def s2q_forward(q_mask, prior_pq, prior_ps):
+            """Each support image segmented with the pseudo support (logits [U, K, 2, h, w])."""
+            _, _, sp, sprior = inputs(q_mask, prior_pq, prior_ps, True)
+            return run_all("fem", u.fs, sp, sprior)[0]
 
         zeros_q = torch.zeros(n, *size, device=u.fq.device)
-        pq0, ps0 = self._pseudo_priors(u, zeros_q) if n else (None, None)
-        logits0, _, _ = forward(zeros_q, pq0, ps0, False, False)
+        no_prior = torch.zeros_like(u.prior_real)
+        with torch.no_grad():
+            logits0, _ = query_forward(zeros_q, no_prior, no_prior.expand(-1, k, -1, -1, -1), False)
         all_logits = [up(logits0.detach())]
         pseudo_labels, pseudo_masks = [], []
         s_ious = [torch.full((n,), float("nan"))]
@@ -470,9 +478,9 @@ class EFTNet(Method):
             for opt in opts:
                 for g in opt.param_groups:
                     g["lr"] = poly_lr(self.lr, self.rounds, step, self.power)
-            logits, aux, _ = forward(q_mask, pq, ps, self.q2s, True)
+            logits, aux = query_forward(q_mask, pq, ps, self.q2s)
             with torch.no_grad():
-                _, _, s_logits = forward(s2q_mask, pq, ps_s2q, self.q2s, False)
+                s_logits = s2q_forward(s2q_mask, pq, ps_s2q)
                 s_pred = up(s_logits.flatten(0, 1)).max(1).indices.view(n, k, *size)
                 s_ious.append(binary_iou(s_pred, u.s_labels).mean(1).cpu())
             loss = unit_loss(logits, aux, label, self.meta_weight).sum()
