@@ -199,6 +199,7 @@ NOTEBOOK_SPECS: dict[str, dict[str, Param]] = {
         "ROUNDS": Param("int", 0, example="5"),
         "ABLATION_SHOTS": Param("int_list", 1, optional=True, example="[1]"),
         "OFFICIAL_S2Q": Param("bool", optional=True),
+        "VIDEO_EPISODES": Param("int", 1, optional=True, example="30"),
         "META_MODEL_DIR": Param("path", example="'results/meta_models'"),
     },
     "07_your_own_images": {

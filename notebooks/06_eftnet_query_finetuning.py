@@ -52,6 +52,7 @@ SHOTS = [1, 5]
 N_EPISODES = None  # None: 40 when QUICK, 1,000 otherwise (the BAM/MSANet protocol)
 ROUNDS = 5  # EFTNet's official ft_number
 ABLATION_SHOTS = None  # shot counts of the ablation; None: the first of SHOTS when QUICK (CI time), all otherwise
+VIDEO_EPISODES = None  # CamVid only: episodes of the same-video vs cross-video comparison (None: 30 QUICK, else N_EPISODES)
 OFFICIAL_S2Q = None  # also run the official S2Q (query ground truth as its support mask); None: only when not QUICK
 RESULTS_DIR = "results/06_eftnet_query_finetuning"
 META_MODEL_DIR = "results/meta_models"  # meta-trained checkpoints, shared with notebooks 05 and 08
@@ -71,6 +72,7 @@ from fss_lab.data.episodic import episode_masks
 from fss_lab.experiments.fss import FSSConfig, FSSExperiment
 from fss_lab.experiments.meta import meta_learner
 from fss_lab.methods.eftnet import EFTNet, query_iou
+from fss_lab.methods.repri import RePRI
 from fss_lab.metrics import FSSMeter
 from fss_lab.results import start_run
 from fss_lab.viz import show
@@ -80,6 +82,7 @@ t_start = time.time()
 N_EPISODES = N_EPISODES or (40 if QUICK else 1000)
 OFFICIAL_S2Q = (not QUICK) if OFFICIAL_S2Q is None else OFFICIAL_S2Q
 ABLATION_SHOTS = ABLATION_SHOTS or (SHOTS[:1] if QUICK else SHOTS)
+VIDEO_EPISODES = (VIDEO_EPISODES or (30 if QUICK else N_EPISODES)) if DATASET == "camvid" else 0
 RUN = start_run(RESULTS_DIR, PARAMS, notebook="06_eftnet_query_finetuning")
 results_dir = RUN.dir
 pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
@@ -132,6 +135,8 @@ LABELS = {k: episode_labels(k) for k in SHOTS}
 # ## (a) The gain: EFTNet vs the meta-learner it wraps
 # One EFTNet run per shot count keeps every round of every episode (`keep_traces`), so the same run gives the
 # round-selection table below. Round 0 of the traces must equal the meta-learner's own prediction (checked).
+# (e) RePRI, the other transductive method here (notebook 04: a prototype tuned on the query, no meta-training),
+# runs on the same episodes and features.
 
 # %%
 runs, gain_rows, timings = {}, [], {}
@@ -146,14 +151,18 @@ for k in SHOTS:
     per_round, rules = rule_scores(eft.traces, k)
     runs[k] = dict(traces=eft.traces, per_round=per_round, rules=rules, result=res, base=base)
     assert abs(per_round[0] - base.miou) < 1e-9, "round 0 must be the wrapped model's own prediction"
+    t0 = time.time()
+    repri = exp.evaluate(RePRI(), k, label="RePRI", progress=False)  # (e) the other transductive method, same episodes
+    timings[f"RePRI {k}-shot"] = time.time() - t0
     gain_rows.append({"model": "PFENet-style", "shots": k, "meta-learner": base.miou, "+ EFTNet": res.miou,
-                      "gain": res.miou - base.miou})
+                      "gain": res.miou - base.miou, "RePRI (no meta-training)": repri.miou})
 gain = pd.DataFrame(gain_rows)
 gain.to_csv(results_dir / "gain.csv", index=False)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(gain.assign(**{c: gain[c].map(pct) for c in ("meta-learner", "+ EFTNet", "gain")}).to_string(index=False))
+print(gain.assign(**{c: gain[c].map(pct) for c in ("meta-learner", "+ EFTNet", "gain", "RePRI (no meta-training)")})
+      .to_string(index=False))
 print("seconds:", {k: round(v, 1) for k, v in timings.items()})
 
 # %% [markdown]
@@ -232,6 +241,42 @@ print(ablation.assign(**{c: ablation[c].map(pct) for c in ("round 0", "last", "d
       .to_string(index=False))
 
 # %% [markdown]
+# ## (b) Same video vs another video (CamVid)
+# The paper argues that tuning on the query helps most when supports and queries differ. CamVid's protocol draws
+# supports from **other videos** than the query's. Here the supports are drawn from the training split without that
+# rule, and each episode is tagged *same video* (every support from the query's video) or *other video*; the gain
+# is the mean per-episode IoU change (EFTNet minus the meta-learner) in each group. Other datasets skip this.
+
+# %%
+video_rows = []
+if VIDEO_EPISODES:
+    from fss_lab.data import sample_fss_episodes
+    from fss_lab.engine.evaluate import evaluate_fss
+
+    k = SHOTS[0]
+    q_caches, s_caches = exp.level_caches(learner.feature_levels)
+    eps = sample_fss_episodes(exp.query_dataset, FOLD, k, VIDEO_EPISODES, seed=SEED + 1,
+                              support_dataset=exp.support_dataset, min_area=exp.config.min_area, cross_group=False)
+    t0 = time.time()
+    before = evaluate_fss(learner, eps, exp.query_items, exp.support_items, q_caches, s_caches, device=exp.device,
+                          progress=False)
+    after = evaluate_fss(EFTNet(learner, rounds=ROUNDS), eps, exp.query_items, exp.support_items, q_caches, s_caches,
+                         device=exp.device, progress=False)
+    timings["same vs other video"] = time.time() - t0
+    same = [all(exp.support_dataset.group(i) == exp.query_dataset.group(e.query[0]) for i in e.support) for e in eps]
+    for name, flag in (("same video", True), ("other video", False)):
+        idx = [n for n, f in enumerate(same) if f == flag]
+        if idx:
+            video_rows.append({"supports": name, "episodes": len(idx),
+                               "meta-learner IoU": sum(before.episode_iou[n] for n in idx) / len(idx),
+                               "+ EFTNet IoU": sum(after.episode_iou[n] for n in idx) / len(idx)})
+    for row in video_rows:
+        row["gain"] = row["+ EFTNet IoU"] - row["meta-learner IoU"]
+    video = pd.DataFrame(video_rows)
+    print(video.assign(**{c: video[c].map(pct) for c in ("meta-learner IoU", "+ EFTNet IoU", "gain")})
+          .to_string(index=False))
+
+# %% [markdown]
 # ## (f) One episode, round by round
 # The episode where EFTNet changed the IoU most (1-shot). Left to right: the query, its ground truth, the pseudo
 # label the round trained on, the Q2S pseudo mask (the confident top 20 % that becomes a support), the round's
@@ -276,6 +321,9 @@ for k in SHOTS:
           f"{pct(runs[k]['base'].miou)} -> {pct(runs[k]['result'].miou)} mIoU ({100 * d:+.1f}; paper: +1.1 to +1.5 "
           f"on PASCAL-5i 1-shot, +0.7 to +1.0 at 5 shots). "
           + ("In the paper's range or above." if d >= 0.011 else "Below the paper's range." if d > 0 else ""))
+    rp = float(gain.set_index("shots").loc[k, "RePRI (no meta-training)"])
+    print(f"(e) {k}-shot: RePRI on the same episodes: {pct(rp)} mIoU, "
+          f"{'above' if rp > runs[k]['result'].miou else 'below'} EFTNet ({pct(runs[k]['result'].miou)}).")
 for k in SHOTS:
     r = runs[k]["rules"]
     best_fixed = max(r["first"], r["last"])
@@ -298,6 +346,14 @@ for k in ABLATION_SHOTS:
         print(f"    official S2Q (query ground truth as support mask): {pct(o['discrimination'])} vs "
               f"{pct(on['discrimination'])} with the pseudo mask: the label it reads is worth "
               f"{100 * (o['discrimination'] - on['discrimination']):+.1f} points.")
+if len(video_rows) == 2:
+    d_same, d_other = video_rows[0]["gain"], video_rows[1]["gain"]
+    verdicts["helps_more_across_videos"] = bool(d_other > d_same)
+    print(f"(b) the gain is {'larger' if d_other > d_same else 'not larger'} when supports come from another video "
+          f"({100 * d_other:+.1f} vs {100 * d_same:+.1f} mean episode IoU; {video_rows[1]['episodes']} and "
+          f"{video_rows[0]['episodes']} episodes).")
+elif VIDEO_EPISODES:
+    print("(b) all sampled episodes fell in one group (same / other video): no comparison")
 k = SHOTS[0]
 r0, prec1 = runs[k]["rules"]["first"], float(selection.set_index("shots").loc[k, "Q2S mask precision"])
 print(f"Why: EFTNet trains on its own round-0 predictions. Here the meta-learner's round-0 mIoU is {pct(r0)} and only "
@@ -313,6 +369,7 @@ RUN.write_results({
     "per_round": {str(k): runs[k]["per_round"] for k in SHOTS},
     "ablation": ablation.to_dict("records"),
     "ablation_shots": list(ABLATION_SHOTS),
+    "videos": video_rows,
     "verdicts": verdicts,
     "episodes": N_EPISODES,
     "meta_training_steps": len(history.steps),
