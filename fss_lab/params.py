@@ -196,6 +196,16 @@ NOTEBOOK_SPECS: dict[str, dict[str, Param]] = {
         "NOVEL_POLICY": _POLICY,
         "N_EPISODES": Param("int", 1, optional=True, example="100"),
     },
+    "06_eftnet_query_finetuning": {
+        **_COMMON,
+        "SHOTS": Param("int_list", 1, example="[1, 5]"),
+        "N_EPISODES": Param("int", 1, optional=True, example="40"),
+        "ROUNDS": Param("int", 0, example="5"),
+        "ABLATION_SHOTS": Param("int_list", 1, optional=True, example="[1]"),
+        "OFFICIAL_S2Q": Param("bool", optional=True),
+        "VIDEO_EPISODES": Param("int", 1, optional=True, example="30"),
+        "META_MODEL_DIR": Param("path", example="'results/meta_models'"),
+    },
     "07_your_own_images": {
         "DEVICE": Param("device", example="'auto'"),
         "SEED": Param("int", 0, example="0"),

@@ -171,3 +171,33 @@ def test_gfss_finetuning_notebook_on_camvid_fold0():
                                      {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root), "FOLD": 0, "SHOTS": [1, 5]})
     assert_shows_figures(executed, "02_gfss_finetuning_triplet")
     assert {r["shots"] for r in results["shots"]} == {1, 5}
+
+
+def _check_eftnet_results(results):
+    """Notebook 06's tables: fractions in [0, 1], round 0 equal to the wrapped meta-learner, every rule scored."""
+    assert {r["shots"] for r in results["gain"]} == {1, 5}
+    for row in results["gain"]:
+        assert 0.0 <= row["meta-learner"] <= 1.0 and 0.0 <= row["+ EFTNet"] <= 1.0
+        assert abs(row["gain"] - (row["+ EFTNet"] - row["meta-learner"])) < 1e-9
+    for row in results["round_selection"]:
+        assert row["oracle"] >= max(row["round 0"], row["discrimination"]) - 1e-9  # the oracle bounds every rule
+    assert {(r["shots"], r["Q2S"]) for r in results["ablation"]} == {(1, "on"), (1, "off")}
+    assert all(len(v) == 6 for v in results["per_round"].values())
+
+
+# notebook 06 runs after notebook 05 in CI (file order), reusing its meta-trained checkpoint; alone it trains it
+@pytest.mark.notebook
+def test_eftnet_notebook_on_default_data():
+    executed, results = run_notebook("06_eftnet_query_finetuning", "eftnet_synthetic", {"QUICK": True})
+    assert_shows_figures(executed, "06_eftnet_query_finetuning")
+    _check_eftnet_results(results)
+
+
+@pytest.mark.notebook
+@pytest.mark.camvid
+def test_eftnet_notebook_on_camvid():
+    root = camvid_root()
+    executed, results = run_notebook("06_eftnet_query_finetuning", "eftnet_camvid",
+                                     {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root)})
+    assert_shows_figures(executed, "06_eftnet_query_finetuning")
+    _check_eftnet_results(results)

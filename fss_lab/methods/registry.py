@@ -62,4 +62,4 @@ def create_method(name: str, **kwargs) -> Method:
 
 def _load() -> None:
     """Import the method modules (each registers its classes)."""
-    from . import bcm, binary_finetune, diam, finetune, gfss_prototype, mmformer, pfenet, prototype, repri  # noqa: F401
+    from . import bcm, binary_finetune, diam, eftnet, finetune, gfss_prototype, mmformer, pfenet, prototype, repri  # noqa: F401
