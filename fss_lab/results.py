@@ -33,17 +33,21 @@ __all__ = ["Run", "start_run", "git_revision", "RUNS_FOLDER"]
 RUNS_FOLDER = "runs"
 
 
+#: Seconds one git call may take (generous: a loaded CI machine can be slow).
+GIT_TIMEOUT_S = 120
+
+
 def git_revision(path: str | Path | None = None) -> tuple[str | None, bool | None]:
     """``(commit hash, has uncommitted changes)`` of the git checkout holding ``path`` (default: this package), or
     ``(None, None)`` when it is not in a git checkout or git is not installed."""
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=20)
+                             timeout=GIT_TIMEOUT_S)
         if rev.returncode != 0:
             return None, None
         status = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=20)
+                                capture_output=True, text=True, timeout=GIT_TIMEOUT_S)
         return rev.stdout.strip(), bool(status.stdout.strip()) if status.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None, None
