@@ -221,6 +221,7 @@ def main() -> None:
     ap.add_argument("--scaling", action="store_true", help="also print the scaling table")
     ap.add_argument("--scaling-iterations", type=int, default=5)
     ap.add_argument("--only-scaling", action="store_true", help="print only the scaling table")
+    ap.add_argument("--methods", default="diam,repri", help="comma-separated: which blocks to run (diam, repri)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -237,7 +238,8 @@ def main() -> None:
         scaling(args, peak)
         return
     summary = []
-    for k in shots:
+    methods = set(args.methods.split(","))
+    for k in (shots if "diam" in methods else []):
         inputs = diam_inputs(args.dim, args.grid, k, args.queries)
         variants = diam_variants(inputs, k, args.iterations, args.skip_official_loop)
         diam_variants(diam_inputs(args.dim, 4, k, 2), k, 2, True)["fss_lab batched"]()  # warm-up
@@ -253,7 +255,7 @@ def main() -> None:
         r = t["official batched"] / t["fss_lab batched"]
         summary.append((f"DIaM K={k} batched vs official batched >= 3x", r, r >= 3))
         summary.append((f"DIaM K={k} max |dp| <= 1e-5", max(dp.values()), max(dp.values()) <= 1e-5))
-    for k in shots:
+    for k in (shots if "repri" in methods else []):
         inputs = repri_inputs(args.dim, args.grid, k, args.queries)
         res, pk = interleaved(repri_variants(inputs, args.adapt_iter), args.repeats)
         t, dp = report(f"RePRI D={args.dim} {args.grid}x{args.grid}, K={k}, {args.queries} episodes x 1 query, "

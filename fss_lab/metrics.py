@@ -133,6 +133,14 @@ def gfss_summary(base: float, novel: float) -> dict[str, float]:
     return {"base": base, "novel": novel, "mean": (base + novel) / 2, "harmonic": harmonic}
 
 
+def _binary(x: torch.Tensor) -> bool:
+    """Whether integer / bool ``x`` holds only 0 and 1 (one min-max pass)."""
+    if x.numel() == 0 or x.dtype == torch.bool:
+        return True
+    lo, hi = x.aminmax()
+    return int(lo) >= 0 and int(hi) <= 1
+
+
 class FSSMeter:
     """Classic FSS metrics over many 1-way episodes: class-wise mIoU and FB-IoU (PFENet / HSNet protocol).
 
@@ -225,16 +233,18 @@ class FSSMeter:
         unknown = sorted({int(c) for c in class_ids} - set(self._pos))
         if unknown:
             raise ValueError(f"class ids {unknown} are not among this meter's fold classes {list(self.class_ids)}")
-        valid = target != self.ignore_index
-        if bool(((pred != 0) & (pred != 1)).any()) or bool((valid & (target != 0) & (target != 1)).any()):
+        if not (_binary(pred) and _binary(target.masked_fill(target == self.ignore_index, 0))):
             raise ValueError(
                 f"FSSMeter.update_batch expects binary labels (0, 1, and {self.ignore_index} in the target)"
             )
-        p_fg, t_fg = (pred == 1) & valid, (target == 1) & valid
-        p_bg, t_bg = (pred == 0) & valid, (target == 0) & valid
+        # three counts per episode give all four: within the valid pixels, the complement of the background union
+        # is the foreground intersection and vice versa (integers: the same counts as the four set operations)
         dims = (1, 2, 3)
-        fg_i, fg_u = (p_fg & t_fg).sum(dims), (p_fg | t_fg).sum(dims)
-        bg_i, bg_u = (p_bg & t_bg).sum(dims), (p_bg | t_bg).sum(dims)
+        p_fg = pred.bool() if pred.dtype != torch.bool else pred
+        fg_i = (p_fg & (target == 1)).sum(dims)
+        bg_i = (~p_fg & (target == 0)).sum(dims)
+        n_valid = (target != self.ignore_index).sum(dims)
+        fg_u, bg_u = n_valid - bg_i, n_valid - fg_i
         pos = torch.tensor([self._pos[int(c)] for c in class_ids], dtype=torch.int64)
         self.inter.index_add_(0, pos, fg_i.cpu())
         self.union.index_add_(0, pos, fg_u.cpu())

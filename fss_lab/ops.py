@@ -51,9 +51,14 @@ def resize_labels(labels: torch.Tensor, size: tuple[int, int], mode: str = "near
         onehot = torch.stack([labels == c for c in range(num_classes)], 1).float()
         return F.interpolate(onehot, size=(h, w), mode="bilinear", align_corners=True)
     if height % h == 0 and width % w == 0:  # exact blocks: count label pixels per cell on integers (cheap)
-        blocks = labels.view(n, h, height // h, w, width // w)
-        counts = torch.stack([(blocks == c).sum((2, 4), dtype=torch.int32) for c in range(num_classes)], 1)
-        return counts.float() / ((height // h) * (width // w))
+        bh, bw = height // h, width // w
+        # the row of each cell first (contiguous, uint8 while a row's count fits), then the rows: exact integer
+        # counts, so the same values as one sum over both block dimensions, in a fraction of the time
+        inner = torch.uint8 if bw <= 255 else torch.int32
+        blocks = labels.contiguous().view(n, h, bh, w, bw)
+        counts = torch.stack([(blocks == c).view(torch.uint8).sum(4, dtype=inner).sum(2, dtype=torch.int32)
+                              for c in range(num_classes)], 1)
+        return counts.float() / (bh * bw)
     onehot = torch.stack([labels == c for c in range(num_classes)], 1).float()  # ignore pixels match no label
     return F.adaptive_avg_pool2d(onehot, (h, w)) if onehot.shape[-2:] != (h, w) else onehot
 

@@ -16,20 +16,25 @@ from .transforms import PairTransform, binary_episode_label
 class TransformedItems:
     """A dataset seen through a :class:`PairTransform`: item ``i`` -> ``(image [3, H, W] float32, label [H, W] int64)``.
 
-    Labels are small and reused by many episodes, so the last ``label_cache`` of them are kept (LRU). Images are
-    not kept: the feature cache keeps their features instead.
+    Labels are small and reused by many episodes, so the last ``label_cache`` of them are kept (LRU), and so are the
+    last ``mask_cache`` binary episode masks (:meth:`binary_mask`: one per (item, class), reused by every episode
+    that draws the pair). Images are not kept: the feature cache keeps their features instead.
 
     Args:
         dataset: any :class:`SegmentationDataset`.
         transform: the resize/pad/normalise transform.
         label_cache: how many transformed labels to keep.
+        mask_cache: how many binary (item, class) masks to keep (0: none).
     """
 
-    def __init__(self, dataset: SegmentationDataset, transform: PairTransform, label_cache: int = 4096):
+    def __init__(self, dataset: SegmentationDataset, transform: PairTransform, label_cache: int = 4096,
+                 mask_cache: int = 1024):
         self.dataset = dataset
         self.transform = transform
         self._labels: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._label_cache = label_cache
+        self._masks: OrderedDict[tuple[int, int], tuple[torch.Tensor, bool]] = OrderedDict()
+        self._mask_cache = mask_cache
 
     @property
     def key(self) -> str:
@@ -55,9 +60,37 @@ class TransformedItems:
             self._labels.popitem(last=False)
         return y
 
+    def binary_mask(self, index: int, class_id: int) -> tuple[torch.Tensor, bool]:
+        """Binary episode mask of ``class_id`` in item ``index`` and whether it has a foreground pixel.
+
+        Returns:
+            ``(mask uint8 [H, W] in {0, 1, 255}, has_foreground)``: class -> 1 (through ``dataset.label_value``; a
+            class the item does not show gives all background), every other label -> 0, ignore kept (fss-methods.md
+            section 2 step 3, as :func:`~fss_lab.data.transforms.binary_episode_label`). Cached (LRU of
+            ``mask_cache``); do not modify in place.
+        """
+        key = (int(index), int(class_id))
+        hit = self._masks.get(key)
+        if hit is not None:
+            self._masks.move_to_end(key)
+            return hit
+        label = self.label(index)
+        value = self.dataset.label_value(index, class_id)
+        if value is None:
+            mask = torch.zeros_like(label).masked_fill_(label == IGNORE_INDEX, IGNORE_INDEX)
+        else:
+            mask = binary_episode_label(label, value)
+        out = (mask, bool((mask == 1).any()))
+        if self._mask_cache > 0:
+            self._masks[key] = out
+            if len(self._masks) > self._mask_cache:
+                self._masks.popitem(last=False)
+        return out
+
     def clear(self) -> None:
-        """Forget the cached labels."""
+        """Forget the cached labels and masks."""
         self._labels.clear()
+        self._masks.clear()
 
     def item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image [3, H, W], label [H, W])``."""
@@ -65,35 +98,58 @@ class TransformedItems:
         return self.transform(image, label)
 
 
-def _episode_label(items: TransformedItems, index: int, class_id: int) -> torch.Tensor:
-    """Binary label of ``class_id`` in item ``index``, through the dataset's :meth:`label_value` (FSS-1000's labels
-    are binary per image; a class the item does not show gives an all-background mask, ignore kept)."""
-    label = items.label(index)
-    value = items.dataset.label_value(index, class_id)
-    if value is None:
-        return torch.zeros_like(label).masked_fill_(label == IGNORE_INDEX, IGNORE_INDEX)
-    return binary_episode_label(label, value)
-
-
 def episode_masks(
     items: TransformedItems, indices: tuple[int, ...], class_id: int, role: str, dtype: torch.dtype = torch.int64
 ) -> torch.Tensor:
     """Binary masks ``[K, H, W]`` of ``class_id`` for ``indices`` (``dtype`` int64 by default; uint8 is lighter);
-    supports must keep foreground.
+    supports must keep foreground. The one-episode case of :func:`episode_masks_batch` (same values).
 
     Raises:
         DatasetError: a support mask has no foreground pixel after resizing (names the image and the fix).
     """
-    masks = torch.stack([_episode_label(items, i, class_id) for i in indices]).to(dtype)
+    return episode_masks_batch(items, [indices], [class_id], role, dtype)[0]
+
+
+def episode_masks_batch(
+    items: TransformedItems, indices: list, class_ids: list[int], role: str, dtype: torch.dtype = torch.uint8
+) -> torch.Tensor:
+    """Binary masks ``[E, K, H, W]`` of E episodes at once: episode ``e``'s class ``class_ids[e]`` -> 1, every other
+    label -> 0, ignore (255) kept (PFENet / RePRI convention, fss-methods.md section 2 step 3), equal to
+    :func:`~fss_lab.data.transforms.binary_episode_label` per image.
+
+    The masks come from :meth:`TransformedItems.binary_mask` (cached per (item, class)), so most episodes cost one
+    ``torch.stack``: this is the per-step data cost of episodic evaluation and meta-training
+    (``bench/feature_cache.py``).
+
+    Args:
+        items: the dataset through the transform (labels come from :meth:`TransformedItems.label`).
+        indices: E sequences of K item indices each.
+        class_ids: the E episode classes (dataset ids; each item's value through ``dataset.label_value``).
+        role: ``"support"`` (every mask must keep a foreground pixel) or ``"query"``.
+        dtype: of the result (uint8 by default; int64 for :class:`Episode`).
+
+    Raises:
+        ValueError: episodes with different K, or ``len(indices) != len(class_ids)``.
+        DatasetError: a support mask has no foreground pixel after resizing (names the first such image and the fix).
+    """
+    if len(indices) != len(class_ids) or len({len(ix) for ix in indices}) > 1:
+        raise ValueError(f"episode_masks_batch needs one class id per episode and equal shot counts; got "
+                         f"{len(indices)} index lists of lengths {sorted({len(ix) for ix in indices})} and "
+                         f"{len(class_ids)} class ids")
+    flat = [(int(i), int(c)) for ix, c in zip(indices, class_ids) for i in ix]
+    pairs = [items.binary_mask(i, c) for i, c in flat]  # cached per (item, class): most episodes only stack
     if role == "support":
-        for i, m in zip(indices, masks):
-            if not (m == 1).any():
+        for (i, class_id), (_, fg) in zip(flat, pairs):
+            if not fg:
+                ds = items.dataset
                 raise DatasetError(
-                    f"support image {items.dataset.image_id(i)} of {items.dataset.name}/{items.dataset.split} has no "
-                    f"pixel of class {items.dataset.class_name(class_id)} ({class_id}) after resizing to "
+                    f"support image {ds.image_id(i)} of {ds.name}/{ds.split} has no "
+                    f"pixel of class {ds.class_name(class_id)} ({class_id}) after resizing to "
                     f"{items.transform.size}. Use a larger image size or a larger min_area when sampling."
                 )
-    return masks
+    masks = torch.stack([m for m, _ in pairs])
+    masks = masks.view(len(indices), len(indices[0]), *masks.shape[-2:])
+    return masks if masks.dtype == dtype else masks.to(dtype)
 
 
 class EpisodeDataset(Dataset):

@@ -24,7 +24,7 @@ import torch
 
 from ..checks import check_finite
 from ..data.class_maps import GFSSClassMap
-from ..data.episodic import TransformedItems, episode_masks
+from ..data.episodic import TransformedItems, episode_masks, episode_masks_batch
 from ..data.gfss import GFSSRun, GFSSRuns, gfss_query_labels, gfss_support_labels
 from ..data.sampler import EpisodeList
 from ..labels import IGNORE_INDEX
@@ -199,15 +199,16 @@ def fss_task_groups(method: Method, episodes: EpisodeList, query_items: Transfor
     u8 = torch.uint8
     for start in range(0, len(episodes), batch_episodes):
         chunk = episodes.episodes[start:start + batch_episodes]
-        s_masks = torch.stack([episode_masks(support_items, e.support, e.class_id, "support", u8)
-                               for e in chunk]).to(device)
-        q_masks = torch.stack([episode_masks(query_items, e.query, e.class_id, "query", u8) for e in chunk])
+        ids = [e.class_id for e in chunk]
+        s_masks = episode_masks_batch(support_items, [e.support for e in chunk], ids, "support", u8).to(device)
+        q_masks = episode_masks_batch(query_items, [e.query for e in chunk], ids, "query", u8)
         s_feats = _get(support_caches, [i for e in chunk for i in e.support], device)
         q_feats = _get(query_caches, [i for e in chunk for i in e.query], device)
         k, q = len(chunk[0].support), len(chunk[0].query)
         q_dev = q_masks.to(device)
+        q_valid = q_dev != IGNORE_INDEX  # one pass for the chunk; each task gets its slice (a view)
         tasks = [Task(_split(s_feats, k, j), s_masks[j], _split(q_feats, q, j), LabelSpace.fss(), shots=k,
-                      size=tuple(q_masks.shape[-2:]), query_valid=q_dev[j] != IGNORE_INDEX,
+                      size=tuple(q_masks.shape[-2:]), query_valid=q_valid[j],
                       query_labels=q_dev[j] if method.reads_query_labels else None,
                       meta={"episode": start_index + start + j, "class_id": e.class_id,
                             "query_ids": [query_items.dataset.image_id(i) for i in e.query],

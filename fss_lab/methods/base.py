@@ -24,7 +24,7 @@ from typing import ClassVar, Sequence
 import torch
 
 from ..labels import IGNORE_INDEX
-from .task import LabelSpace, Task, check_labels
+from .task import LabelSpace, Task, check_labels, fss_shots_valid
 
 FEATURE_SOURCES = ("bottleneck", "backbone")
 
@@ -96,8 +96,10 @@ class Method(abc.ABC):
                 f"{self.name} handles {' and '.join(self.label_spaces)} tasks{most}, not {kind} tasks "
                 f"(B={task.label_space.num_base}, N={task.label_space.num_novel}); pick a method from "
                 f"fss_lab.methods.list_methods('{'fss' if kind == '1-way FSS' else 'gfss'}')")
-        check_labels(task.support_labels, task.label_space)
         lab = task.support_labels
+        if task.label_space.is_fss and fss_shots_valid(lab):  # values and every shot's foreground, one pass
+            return
+        check_labels(lab, task.label_space)
         missing = [c for c in task.label_space.novel_ids if not bool((lab == c).any())]
         if missing:
             raise ValueError(f"{self.name}: novel class(es) {missing} have no support pixel ({task.describe()}); each "
@@ -111,6 +113,8 @@ class Method(abc.ABC):
 def check_fss_support(task: Task) -> None:
     """Every support of a 1-way task shows the foreground: ``ValueError`` lists the shots without a foreground
     pixel (and, from :func:`~fss_lab.methods.task.check_labels`, labels other than 0/1/255)."""
+    if task.label_space.is_fss and fss_shots_valid(task.support_labels):  # both checks in one pass
+        return
     check_labels(task.support_labels, task.label_space)
     fg = (task.support_labels == 1).flatten(1).any(1)
     if not bool(fg.all()):

@@ -6,11 +6,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..labels import IGNORE_INDEX
 from ..ops import masked_average_pooling, resize_labels
 from .base import Method, NotFittedError, check_fss_support, stack_tasks
 from .registry import register_method
-from .task import Task
+from .task import Task, fss_shots_valid
 
 #: The baseline's epsilon on the mask area (PANet-style; no official code fixes it).
 MAP_EPS = 1e-6
@@ -78,8 +77,7 @@ class PrototypeBaseline(Method):
         through the per-task checks (which name the offending task)."""
         if not all(t.label_space.is_fss and self.supports(t.label_space) for t in tasks):
             return False
-        ok = ((masks == 0) | (masks == 1) | (masks == IGNORE_INDEX)).all()
-        return bool(ok) and bool((masks == 1).flatten(2).any(2).all())
+        return fss_shots_valid(masks)
 
     def fit_predict(self, tasks):
         """Vectorised over E equal-sized tasks (one prototype pair each); equal to the loop (a test checks it)."""

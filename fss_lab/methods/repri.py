@@ -169,16 +169,24 @@ class RePRI(Method):
 
     # ---- internals -------------------------------------------------------------------------------------------
 
-    def _features(self, f: torch.Tensor) -> torch.Tensor:
-        return F.normalize(f, dim=2) if self.normalize_features else f
+    def _pixel_major(self, f: torch.Tensor) -> torch.Tensor:
+        """``[E, M, D, h, w]`` -> ``[E, M, h, w, D]`` contiguous, L2-normalised over D when ``normalize_features``:
+        every later norm and product reduces over the contiguous dimension (a strided reduction over D costs
+        several times more on CPU)."""
+        f = f.permute(0, 1, 3, 4, 2).contiguous()
+        return F.normalize(f, dim=-1) if self.normalize_features else f
 
     def _predict(self, fq: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if tuple(fq.shape[:2]) != tuple(self.prototypes.shape[:2]):
             raise ValueError(f"RePRI tunes one classifier per query: predict needs the (episodes, queries) = "
                              f"{tuple(self.prototypes.shape[:2])} given to fit, got {tuple(fq.shape[:2])}")
-        with torch.no_grad():
-            s = cosine_scores(self._features(fq), self.prototypes, self.temperature, paired=True)  # [E, Q, 1, h, w]
-            e, q = s.shape[:2]
+        with torch.no_grad():  # cosine_scores(fq, prototypes, paired=True) on the pixel-major layout
+            f = self._pixel_major(fq)  # [E, Q, h, w, D]
+            e, q, h, w, d = f.shape
+            proto = self.prototypes.reshape(e, q, d)
+            dot = torch.matmul(f.view(e, q, h * w, d), proto.unsqueeze(-1)).squeeze(-1)  # [E, Q, h*w]
+            denom = proto.norm(dim=2, keepdim=True) * f.norm(dim=-1).view(e, q, h * w)
+            s = (self.temperature * (dot / (denom + im.EPS))).view(e, q, 1, h, w)
             s = F.interpolate(s.view(e * q, 1, *s.shape[-2:]), size=size, mode="bilinear",
                               align_corners=self.align_corners).view(e, q, 1, *size)
             p = binary_probs(s, self.bias)[:, :, 0]
@@ -200,7 +208,7 @@ class RePRI(Method):
         ds_s = _nearest(ms.flatten(0, 1).long().to(fs.device), (h, w)).view(e, k, h, w)
         ds_q = None if mq is None else _nearest(mq.flatten(0, 1).long().to(fq.device), (h, w))
         ds_q = None if ds_q is None else ds_q.view(e, q, 1, h, w)
-        fs, fq = self._features(fs), self._features(fq)
+        fs, fq = self._pixel_major(fs), self._pixel_major(fq)  # [E, K|Q, h, w, D]
         if batched:  # chunks of episodes whose features fit the cache budget (larger batches run slower on CPU)
             per_episode = (k + q) * d * h * w * fs.element_size()
             n = max(1, min(e, int(self.chunk_bytes // per_episode))) if self.chunk_bytes else e
@@ -215,19 +223,20 @@ class RePRI(Method):
 
     @torch.enable_grad()  # callers may hold no_grad (evaluation loops); the inference needs gradients
     def _optimise(self, fs, ds_s, fq, valid, ds_q):
-        """Tasks = the E x Q (episode, query) pairs of the inputs; returns prototypes, bias, prior [E*Q, ...] and
-        the loss history."""
+        """Tasks = the E x Q (episode, query) pairs of the inputs (features pixel-major ``[E, K|Q, h, w, D]``);
+        returns prototypes, bias, prior [E*Q, ...] and the loss history."""
         e, q = fq.shape[:2]
-        k, hw = fs.shape[1], fs.shape[3] * fs.shape[4]
-        fg = (ds_s == 1).unsqueeze(2).to(fs.dtype)  # [E, K, 1, h, w]
-        proto = (fs * fg).sum(dim=(1, 3, 4)) / (fg.sum(dim=(1, 3, 4)) + im.EPS)  # [E, D], all shots pooled
+        k, hw = fs.shape[1], fs.shape[2] * fs.shape[3]
+        # constant through the steps: the pixel-major features and their norms (cosine_scores' arithmetic, each a
+        # reduction over the contiguous D)
+        fs_pm = fs.view(e, k * hw, -1)  # [E, K*h*w, D]
+        fq_pm = fq.view(e, q, hw, -1)  # [E, Q, h*w, D]
+        fg = (ds_s == 1).to(fs.dtype).view(e, 1, k * hw)  # [E, 1, K*h*w]
+        proto = torch.bmm(fg, fs_pm)[:, 0] / (fg.sum(2) + im.EPS)  # [E, D]: MAP, all shots pooled
         proto = proto[:, None].expand(e, q, -1).clone()
-        # constant through the steps: the pixel-major features and their norms (cosine_scores' arithmetic)
-        fs_pm = fs.permute(0, 1, 3, 4, 2).reshape(e, k * hw, -1)  # [E, K*h*w, D]
-        fq_pm = fq.permute(0, 1, 3, 4, 2).reshape(e, q, hw, -1)  # [E, Q, h*w, D]
-        fs_norm = fs.norm(dim=2).reshape(e, 1, k * hw)  # [E, 1, K*h*w]
-        fq_norm = fq.norm(dim=2).reshape(e, q, hw)  # [E, Q, h*w]
-        shape_s, shape_q = (e, q, k, *fs.shape[3:]), (e, q, 1, *fq.shape[3:])
+        fs_norm = fs_pm.norm(dim=2).view(e, 1, k * hw)  # [E, 1, K*h*w]
+        fq_norm = fq_pm.norm(dim=3)  # [E, Q, h*w]
+        shape_s, shape_q = (e, q, k, *fs.shape[2:4]), (e, q, 1, *fq.shape[2:4])
 
         def support_scores():  # cosine_scores(fs, proto, paired=False): [E, Q, K, h, w]
             dot = torch.bmm(proto, fs_pm.transpose(1, 2))  # [E, Q, K*h*w]

@@ -145,11 +145,38 @@ class Task:
 
 
 def check_labels(labels: torch.Tensor, space: LabelSpace, what: str = "support labels") -> None:
-    """Raise ``ValueError`` unless integer ``labels`` hold only ``0..1+B+N-1`` and 255 (names the bad values)."""
-    lab = labels.long() if labels.dtype == torch.uint8 else labels
+    """Raise ``ValueError`` unless integer ``labels`` hold only ``0..1+B+N-1`` and 255 (names the bad values).
+
+    One vectorised pass (uint8: the maximum of ``labels + 1``, in which 255 wraps to 0; other integer types: the
+    minimum and maximum with 255 set to 0); the bad values are listed only when there are some."""
+    if labels.dtype == torch.bool:
+        labels = labels.to(torch.uint8)
+    if labels.dtype == torch.uint8:
+        ok = labels.numel() == 0 or int((labels + 1).amax()) <= space.num_classes
+    else:
+        lo, hi = labels.masked_fill(labels == IGNORE_INDEX, 0).aminmax() if labels.numel() else (0, 0)
+        ok = int(lo) >= 0 and int(hi) < space.num_classes
+    if ok:
+        return
+    lab = labels.long()
     bad = ((lab < 0) | (lab >= space.num_classes)) & (lab != IGNORE_INDEX)
-    if bool(bad.any()):
-        extra = sorted({int(v) for v in lab[bad].unique()})
-        kind = "a 1-way episode must hold 0, 1 or 255" if space.is_fss else \
-            f"labels must be in 0..{space.num_classes - 1} (1 + B + N) or 255"
-        raise ValueError(f"{what}: {kind}, found {extra}")
+    extra = sorted({int(v) for v in lab[bad].unique()})
+    kind = "a 1-way episode must hold 0, 1 or 255" if space.is_fss else \
+        f"labels must be in 0..{space.num_classes - 1} (1 + B + N) or 255"
+    raise ValueError(f"{what}: {kind}, found {extra}")
+
+
+def fss_shots_valid(masks: torch.Tensor) -> bool:
+    """Whether binary masks ``[..., H, W]`` hold only 0 / 1 / 255 AND every mask has a foreground pixel, in one
+    pass: for uint8, the per-mask maximum of ``masks + 1`` (255 wraps to 0) is 2 exactly when both hold. Other dtypes
+    take two passes. ``False`` says only that a check fails: :func:`check_labels` and
+    :func:`~fss_lab.methods.base.check_fss_support` then name the failure."""
+    if masks.numel() == 0:
+        return False
+    flat = masks.flatten(0, -3).flatten(1) if masks.dim() >= 3 else masks.reshape(1, -1)
+    if masks.dtype == torch.bool:
+        flat = flat.to(torch.uint8)
+    if flat.dtype == torch.uint8:
+        return bool(((flat + 1).amax(1) == 2).all())
+    lo, hi = flat.masked_fill(flat == IGNORE_INDEX, 0).aminmax()
+    return int(lo) >= 0 and int(hi) <= 1 and bool((flat == 1).any(1).all())
