@@ -140,3 +140,29 @@ def test_heuristic_mask_matching_module_picks_the_best_cosine():
     out, sim = mm([q], [[q.clone()]], (props[:, 1] > 0.5).long()[:, None], props)
     best = int(sim.argmax())
     assert best == 1 and torch.equal(out[0, 1], props[0, best])        # support = the query's right half
+
+
+def test_joint_training_updates_the_pos_and_the_matching_together():
+    from fss_lab.engine.episodic import EpisodicConfig, train_episodic
+    from fss_lab.experiments.fss import FSSConfig, FSSExperiment
+    from fss_lab.methods.mmformer import JointMMFormer
+    from fss_lab.models.backbones import create_backbone
+    torch.manual_seed(0)
+    backbone = create_backbone("efficientnet_lite0", weights=None).eval()
+    exp = FSSExperiment(FSSConfig(dataset="synthetic", dataset_kwargs={"image_size": 64, "n_images": 16},
+                                  image_size=(64, 64), n_episodes=2, min_area=16, device="cpu"), backbone=backbone)
+    _, caches = exp.train_split((*POS_LEVELS, POS_MASK_LEVEL))
+    pos = build_pos(caches, num_queries=4, hidden_dim=8, nhead=2, dim_feedforward=16, dec_layers=3, mask_dim=8)
+    before = {k: v.clone() for k, v in pos.state_dict().items()}
+    learner = JointMMFormer(pos, levels=("s32", "s16"), hidden_dim=8, nhead=2, dim_feedforward=16, num_layers=1,
+                            min_size=2)
+    assert set(learner.feature_levels) == {"s32", "s16", "s8", "s4"}
+    items, train_caches = exp.train_split(learner.feature_levels)
+    h = train_episodic(learner, EpisodicConfig(iterations=3, batch_episodes=2, optimizer="adamw", lr=1e-2,
+                                               min_area=16, device="cpu"),
+                       fold=0, train_items=items, train_features=train_caches, progress=False)
+    steps = h.steps_frame()
+    assert {"loss_fewshot_loss", "loss_co_loss", "loss_pos_loss"} <= set(steps) and steps["loss"].notna().all()
+    assert any(not torch.equal(before[k], v) for k, v in pos.state_dict().items())   # the POS was trained too
+    res = exp.evaluate(learner, 1, progress=False)
+    assert 0 <= res.miou <= 1 and learner.last_weights.shape == (1, 4)

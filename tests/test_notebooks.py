@@ -151,3 +151,29 @@ def test_gfss_finetuning_notebook_on_camvid_fold0():
                                      {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root), "FOLD": 0, "SHOTS": [1, 5]})
     assert_shows_figures(executed, "02_gfss_finetuning_triplet")
     assert {r["shots"] for r in results["shots"]} == {1, 5}
+
+
+def _check_attention_results(results):
+    assert {r["row"] for r in results["ablation"]} >= {"heuristic baseline", "+ self-alignment", "all + co_loss"}
+    assert {r["method"] for r in results["comparison"]} >= {"prototype", "pfenet-meta", "mmformer", "oracle (SLIC)"}
+    for row in results["ablation"] + results["comparison"]:
+        assert 0.0 <= row["mIoU"] <= 1.0
+    for row in results["proposals"]:
+        assert 0.0 <= row["heuristic"] <= row["oracle"] + 1e-9 <= 1.0 + 1e-9  # the oracle bounds a single pick
+
+
+@pytest.mark.notebook
+def test_attention_mmformer_notebook_on_default_data():
+    executed, results = run_notebook("05_attention_mmformer", "attention_synthetic", {"QUICK": True})
+    assert_shows_figures(executed, "05_attention_mmformer")
+    _check_attention_results(results)
+
+
+@pytest.mark.notebook
+@pytest.mark.camvid
+def test_attention_mmformer_notebook_on_camvid():
+    root = camvid_root()
+    executed, results = run_notebook("05_attention_mmformer", "attention_camvid",
+                                     {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root)})
+    assert_shows_figures(executed, "05_attention_mmformer")
+    _check_attention_results(results)

@@ -112,6 +112,10 @@ class FSSExperiment:
         key = (role, level)
         if key not in self._level_caches:
             if level.startswith(PROPOSAL_LEVEL):
+                if level != PROPOSAL_LEVEL and level not in self.proposal_sources:
+                    raise KeyError(f"no proposal source for the level {level!r}: register one first, e.g. "
+                                   f"exp.proposal_sources[{level!r}] = ProposalExtractor(num_proposals=50) or a "
+                                   f"POSProposalExtractor; registered: {sorted(self.proposal_sources)}")
                 extractor = self.proposal_sources.get(level) or ProposalExtractor()
             else:
                 extractor = FeatureExtractor(self.backbone, levels=(level,), device=self.device)

@@ -124,25 +124,28 @@ class OracleMatching(_ProposalMethod):
 
 
 
-def _stack_inputs(tasks: Sequence[Task], levels: Sequence[str], proposal_level: str = PROPOSAL_LEVEL) -> dict:
+def _stack_inputs(tasks: Sequence[Task], levels: Sequence[str], proposal_level: str | None = PROPOSAL_LEVEL) -> dict:
     """Network inputs of equal-shaped 1-way tasks, one row per query: ``query`` (per level ``[B, C, h, w]``),
-    ``support`` (per shot, per level), ``masks [B, K, H, W]``, ``proposals [B, N, h, w]``."""
+    ``support`` (per shot, per level), ``masks [B, K, H, W]``, ``proposals [B, N, h, w]`` (``None`` when
+    ``proposal_level`` is ``None``: a joint model computes them)."""
     rows: dict[str, list] = {"query": [], "support": [], "masks": [], "proposals": []}
     for t in tasks:
         lv = _feature_levels(t, levels)
-        props = _proposals(t, proposal_level)
-        q = props.shape[0]
+        props = _proposals(t, proposal_level) if proposal_level is not None else None
+        q = t.query(lv[0]).shape[0]
         rows["query"].append([t.query(x).float() for x in lv])
         rows["support"].append([[t.support(x).float()[k:k + 1].expand(q, -1, -1, -1) for x in lv]
                                 for k in range(t.shots)])
         rows["masks"].append(t.support_labels.long()[None].expand(q, -1, -1, -1))
         # padded empty superpixel proposals would give 0/0 embeddings (the official pooling has no epsilon):
         # a floor of EMPTY_FLOOR keeps them finite and adds at most N * EMPTY_FLOOR * max|w| to the blend
-        rows["proposals"].append(props.clamp(min=EMPTY_FLOOR))
+        if props is not None:
+            rows["proposals"].append(props.clamp(min=EMPTY_FLOOR))
     n_lv, n_k = len(rows["query"][0]), len(rows["support"][0])
     return {"query": [torch.cat([r[i] for r in rows["query"]]) for i in range(n_lv)],
             "support": [[torch.cat([r[k][i] for r in rows["support"]]) for i in range(n_lv)] for k in range(n_k)],
-            "masks": torch.cat(rows["masks"]), "proposals": torch.cat(rows["proposals"]),
+            "masks": torch.cat(rows["masks"]),
+            "proposals": torch.cat(rows["proposals"]) if rows["proposals"] else None,
             "size": tuple(tasks[0].size)}
 
 
@@ -262,4 +265,99 @@ class MMFormer(_ProposalMethod):
         return mmformer_loss(out.float(), sim.float(), self._proposals, labels, dice_weight=self.dice_weight,
                              co_weight=self.co_weight)
 
-__all__ = ["HeuristicMatching", "OracleMatching", "MMFormer", "MATCHING_LEVELS", "blend_proposals"]
+class JointMMFormer(MMFormer):
+    """MM-Former trained **jointly** (Tab. 3c's alternative to the two-stage strategy): the POS and the Mask Matching
+    module in one loss, ``L = pos_weight * L_P + 10 * L_M + 6 * L_co``, proposals computed by the POS in every step.
+
+    Not in the registry (it reads the POS's backbone levels besides the matching ones); train it with
+    :func:`~fss_lab.engine.episodic.train_episodic` like :class:`MMFormer`, evaluate it with the evaluator.
+
+    Simplification, said plainly: episodes carry binary labels, so ``L_P`` (:func:`~fss_lab.models.mmformer.
+    potential_objects_segmenter.pos_set_loss`) has one target segment per query, the episode class's foreground
+    (the paper's joint run has every base-class segment of the image). ``L_co`` sees the proposals detached.
+
+    Args:
+        pos: a :class:`~fss_lab.models.mmformer.potential_objects_segmenter.PotentialObjectsSegmenter` (e.g.
+            :func:`~fss_lab.models.mmformer.pos_training.build_pos`), trained here together with the matching.
+        pos_weight: weight of ``L_P`` (1).
+        kwargs: :class:`MMFormer` settings.
+    """
+
+    name: ClassVar[str] = "mmformer-joint"
+
+    def __init__(self, pos, pos_weight: float = 1.0, **kwargs):
+        from ..models.mmformer.pos_training import POS_LEVELS, POS_MASK_LEVEL
+        super().__init__(**kwargs)
+        self.pos, self.pos_weight = pos, float(pos_weight)
+        self.pos_levels = (*POS_LEVELS, POS_MASK_LEVEL)
+        self.feature_levels = tuple(dict.fromkeys((*self.levels, *self.pos_levels)))
+        self._pos_out = None
+
+    def _pos_inputs(self, tasks: Sequence[Task]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        maps = [torch.cat([t.query(lv).float() for t in tasks]) for lv in self.pos_levels]
+        return maps[:-1], maps[-1]
+
+    def build_for(self, task: Task):
+        """The matching network for the POS's N queries (proposals are the POS's, not a task level)."""
+        from ..models.mmformer.mask_matching import MaskMatching
+        if self.network is None:
+            channels = tuple(int(task.support(lv).shape[1]) for lv in _feature_levels(task, self.levels))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self.network = MaskMatching(channels, self.pos.num_queries, mixing=self.mixing,
+                                            matching=self.matching, **self.alignment)
+            self.network.eval()
+        return self.network
+
+    def training_module(self):
+        """``ModuleDict(matching=..., pos=...)``: both are trained and checkpointed."""
+        if self.network is None:
+            raise NotFittedError(f"{self.name}: build the network first (a task)")
+        if not hasattr(self, "_module"):
+            self._module = torch.nn.ModuleDict({"matching": self.network, "pos": self.pos})
+        return self._module
+
+    @torch.no_grad()
+    def episode_inputs(self, tasks: Sequence[Task]) -> dict:
+        inputs = _stack_inputs(tasks, self.levels, None)
+        inputs["pos"] = self._pos_inputs(tasks)
+        return inputs
+
+    def episode_forward(self, network, inputs: dict):
+        """``(out, similarity, pos outputs, proposals)``."""
+        pos_out = network["pos"](*inputs["pos"])
+        props = pos_out["pred_masks"].sigmoid()
+        out, sim = network["matching"](inputs["query"], inputs["support"], inputs["masks"], props,
+                                       size=inputs["size"])
+        return out, sim, pos_out, props
+
+    def episode_loss(self, outputs, labels: torch.Tensor) -> dict:
+        """``{"total", "fewshot_loss", "co_loss", "pos_loss"}``."""
+        from ..losses.mmformer import mmformer_loss
+        from ..models.mmformer.potential_objects_segmenter import pos_set_loss
+        out, sim, pos_out, props = outputs
+        parts = mmformer_loss(out.float(), sim.float(), props.detach(), labels, dice_weight=self.dice_weight,
+                              co_weight=self.co_weight)
+        h, w = props.shape[-2:]
+        small = F.interpolate((labels == 1).float()[:, None], size=(h, w), mode="nearest")[:, 0]
+        targets = [m[None] if m.any() else m.new_zeros(0, h, w) for m in small]
+        parts["pos_loss"] = pos_set_loss(pos_out, targets)["total"] * self.pos_weight
+        parts["total"] = parts["total"] + parts["pos_loss"]
+        return parts
+
+    def predict(self, task: Task) -> torch.Tensor:
+        if self.task is None:
+            raise NotFittedError("call fit(task) with a support set before predict()")
+        sup = self.task
+        joined = Task(sup.support_features, sup.support_labels, task.query_features, sup.label_space, sup.shots,
+                      task.size)
+        inputs = _stack_inputs([joined], self.levels, None)
+        with torch.no_grad():
+            props = self.pos.eval()(*self._pos_inputs([task]))["pred_masks"].sigmoid()
+        net = self.build_for(task)
+        out, sim = net(inputs["query"], inputs["support"], inputs["masks"], props, size=task.size)
+        self.last_similarity, self.last_weights = sim, net.matching_mlp(sim)
+        return out
+
+
+__all__ = ["HeuristicMatching", "OracleMatching", "MMFormer", "JointMMFormer", "MATCHING_LEVELS", "blend_proposals"]
