@@ -166,3 +166,39 @@ def test_joint_training_updates_the_pos_and_the_matching_together():
     assert any(not torch.equal(before[k], v) for k, v in pos.state_dict().items())   # the POS was trained too
     res = exp.evaluate(learner, 1, progress=False)
     assert 0 <= res.miou <= 1 and learner.last_weights.shape == (1, 4)
+
+
+def test_cross_attention_layer_by_hand_identity_projections():
+    """Eq. 2-3 with identity q/k/v/out projections, one head: norm(t + softmax((t + qp)(m + p)^T / sqrt d) m)."""
+    from fss_lab.models.mmformer.cross_alignment import CrossAttentionLayer
+    layer = CrossAttentionLayer(d_model=2, nhead=1)
+    with torch.no_grad():
+        layer.multihead_attn.in_proj_weight.copy_(torch.eye(2).repeat(3, 1))
+        layer.multihead_attn.in_proj_bias.zero_()
+        layer.multihead_attn.out_proj.weight.copy_(torch.eye(2))
+        layer.multihead_attn.out_proj.bias.zero_()
+    t = torch.tensor([[[1.0, 0.0]]])
+    m = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])
+    qp, p = torch.tensor([[[0.0, 1.0]]]), torch.tensor([[[0.0, 0.0], [0.0, 1.0]]])
+    out, attn = layer(t, m, pos=p, query_pos=qp, need_weights=True)
+    logits = torch.tensor([(1 * 2 + 1 * 0) / math.sqrt(2), (1 * 0 + 1 * 2) / math.sqrt(2)])   # (t+qp).(m+p)
+    a = torch.softmax(logits, 0)
+    assert torch.allclose(attn[0, 0, 0], a, atol=1e-6)
+    mixed = t[0, 0] + a[0] * m[0, 0] + a[1] * m[0, 1]             # values are the memory WITHOUT its encoding
+    want = (mixed - mixed.mean()) / torch.sqrt(mixed.var(unbiased=False) + 1e-5)   # post-norm LayerNorm
+    assert torch.allclose(out[0, 0], want, atol=1e-5)
+
+
+def test_second_sigmoid_dice_prefers_a_constant_negative_blend_to_zero():
+    """Why stage 2 can collapse to background: under MM-Former's Dice (second sigmoid, ignore -> bg), a blend that
+    is the same negative constant everywhere scores better than fg = 0 when the object is small, so an MLP that
+    cannot yet tell the proposals apart is pulled towards 'everything background'."""
+    from fss_lab.losses.mmformer import mmformer_dice_loss
+    labels = torch.zeros(1, 10, 10, dtype=torch.long)
+    labels[0, :1] = 1                                                   # a 10 % object
+    def const(c):
+        fg = torch.full((1, 1, 10, 10), c)
+        return mmformer_dice_loss(torch.cat([1 - fg, fg], 1), labels)
+    assert const(-1.0) < const(0.0) < const(1.0)
+    perfect = torch.where(labels[:, None] == 1, 10.0, -10.0).float()
+    assert mmformer_dice_loss(torch.cat([1 - perfect, perfect], 1), labels) < const(-1.0)   # a real match wins
