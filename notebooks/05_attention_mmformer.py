@@ -316,6 +316,12 @@ for name, v in ab.iloc[1:].items():
 if "+ non-parametric cross-alignment" in ab and "+ self-alignment" in ab:
     drop = ab["+ non-parametric cross-alignment"] < ab["+ self-alignment"]
     lines.append("(a) the paper: non-parametric cross-attention hurts -> " + ("held" if drop else "did not hold"))
+if ab["all + co_loss"] < 0.01:
+    lines.append(f"(a) the learned matching predicted background only: its Dice loss ended at "
+                 f"{steps['loss_fewshot_loss'].iloc[-20:].mean():.2f}, about what a blend that is the same negative "
+                 "constant everywhere scores (about 7.4 for a 10 % object); under the second-sigmoid Dice that "
+                 "constant beats fg = 0, so an MLP that cannot yet tell the proposals apart settles there "
+                 f"(tests/test_mmformer_stage1.py); {len(steps)} steps were not enough to leave it")
 var = ab["all + co_loss, per-proposal MLP (variant)"]
 lines.append(f"(a) the official matching MLP (across the N slots) {pct(ab['all + co_loss'])} vs the per-proposal variant "
              f"{pct(var)} -> " + ("the variant is better: superpixel slots have no fixed meaning"
