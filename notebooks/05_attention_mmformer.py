@@ -245,13 +245,14 @@ attention_explorer(query_img, support_imgs, shot_attention)
 
 # %%
 mmformer.fit(task)
-blend = mmformer.predict(task)[0, 1]
+with torch.no_grad():
+    blend = mmformer.predict(task)[0, 1]
 props = task.query(mmformer.proposal_level)[0].float()
 iou = proposal_iou(props[None], episode.query_masks[:1].long())[0]
 heur = HeuristicMatching(levels=LEVELS).fit(task)
 heur_fg = heur.predict(task)[0, 1]
 oracle_fg = props[int(iou.argmax())]
-fig = plot_proposals(query_img, props, mmformer.last_weights[0], iou, heuristic=heur_fg, learned=blend.clamp(0, 1),
+fig = plot_proposals(query_img, props, mmformer.last_weights[0].detach(), iou, heuristic=heur_fg, learned=blend.clamp(0, 1),
                      oracle=oracle_fg)
 show(fig, results_dir / "proposals.png")
 
@@ -281,13 +282,14 @@ try:
                                                        episodes.meta), exp.query_items, exp.support_items, q_caches,
                                  s_caches, device="cpu", batch_episodes=1)).tasks[0]
         mmformer.fit(t)
-        b = mmformer.predict(t)[0, 1]
+        with torch.no_grad():
+            b = mmformer.predict(t)[0, 1]
         pr = t.query(mmformer.proposal_level)[0].float()
         io = proposal_iou(pr[None], e.query_masks[:1].long())[0]
         h = HeuristicMatching(levels=LEVELS).fit(t).predict(t)[0, 1]
         import matplotlib.pyplot as plt
         from fss_lab.viz.widgets import figure_to_png
-        fig = plot_proposals(to01(e.query_images[0]), pr, mmformer.last_weights[0], io, heuristic=h,
+        fig = plot_proposals(to01(e.query_images[0]), pr, mmformer.last_weights[0].detach(), io, heuristic=h,
                              learned=b.clamp(0, 1), oracle=pr[int(io.argmax())])
         png = figure_to_png(fig)
         plt.close(fig)
