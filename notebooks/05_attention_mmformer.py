@@ -326,7 +326,8 @@ if ab["all + co_loss"] < 0.01:
                  f"(tests/test_mmformer_stage1.py); {len(steps)} steps were not enough to leave it")
 var = ab["all + co_loss, per-proposal MLP (variant)"]
 lines.append(f"(a) the official matching MLP (across the N slots) {pct(ab['all + co_loss'])} vs the per-proposal variant "
-             f"{pct(var)} -> " + ("the variant is better: superpixel slots have no fixed meaning"
+             f"{pct(var)} -> " + ("both collapsed to background" if max(var, ab["all + co_loss"]) < 0.01 else
+                                   "the variant is better: superpixel slots have no fixed meaning"
                                    if var > ab["all + co_loss"] + 0.005 else "the official MLP holds its own"))
 if "all (no co_loss)" in ab:
     lines.append("(a) co_loss on top of all: " + ("helps" if ab["all + co_loss"] > ab["all (no co_loss)"] else
