@@ -196,6 +196,14 @@ NOTEBOOK_SPECS: dict[str, dict[str, Param]] = {
         "NOVEL_POLICY": _POLICY,
         "N_EPISODES": Param("int", 1, optional=True, example="100"),
     },
+    "05_attention_mmformer": {
+        **_COMMON,
+        "SHOTS": Param("int_list", 1, example="[1, 5]"),
+        "N_EPISODES": Param("int", 1, optional=True, example="100"),
+        "PROPOSAL_COUNTS": Param("int_list", 2, optional=True, example="[25, 50, 100]"),
+        "POS_ITERATIONS": Param("int", 1, optional=True, example="300"),
+        "MM_ITERATIONS": Param("int", 1, optional=True, example="150"),
+    },
     "06_eftnet_query_finetuning": {
         **_COMMON,
         "SHOTS": Param("int_list", 1, example="[1, 5]"),

@@ -19,6 +19,7 @@ EXPECTED_IMAGES = {
     "04_infomax_diam": 4,  # comparison, entropy, proportions, prediction steps
     "07_your_own_images": 2,  # support + mask, overlays of every query and method
     "04b_bcm": 2,  # host map, comparison
+    "05_attention_mmformer": 4,  # attention, proposals, self-alignment, prior (the two widgets are not images)
     "06_eftnet_query_finetuning": 3,  # rounds curve, one episode at round 0 and at the chosen round
 }
 

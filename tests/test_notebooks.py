@@ -173,6 +173,22 @@ def test_gfss_finetuning_notebook_on_camvid_fold0():
     assert {r["shots"] for r in results["shots"]} == {1, 5}
 
 
+def _check_attention_results(results):
+    assert {r["row"] for r in results["ablation"]} >= {"heuristic baseline", "+ self-alignment", "all + co_loss"}
+    assert {r["method"] for r in results["comparison"]} >= {"prototype", "pfenet-meta", "mmformer", "oracle (SLIC)"}
+    for row in results["ablation"] + results["comparison"]:
+        assert 0.0 <= row["mIoU"] <= 1.0
+    for row in results["proposals"]:
+        assert 0.0 <= row["heuristic"] <= row["oracle"] + 1e-9 <= 1.0 + 1e-9  # the oracle bounds a single pick
+
+
+@pytest.mark.notebook
+def test_attention_mmformer_notebook_on_default_data():
+    executed, results = run_notebook("05_attention_mmformer", "attention_synthetic", {"QUICK": True})
+    assert_shows_figures(executed, "05_attention_mmformer")
+    _check_attention_results(results)
+
+
 def _check_eftnet_results(results):
     """Notebook 06's tables: fractions in [0, 1], round 0 equal to the wrapped meta-learner, every rule scored."""
     assert {r["shots"] for r in results["gain"]} == {1, 5}
@@ -191,6 +207,16 @@ def test_eftnet_notebook_on_default_data():
     executed, results = run_notebook("06_eftnet_query_finetuning", "eftnet_synthetic", {"QUICK": True})
     assert_shows_figures(executed, "06_eftnet_query_finetuning")
     _check_eftnet_results(results)
+
+
+@pytest.mark.notebook
+@pytest.mark.camvid
+def test_attention_mmformer_notebook_on_camvid():
+    root = camvid_root()
+    executed, results = run_notebook("05_attention_mmformer", "attention_camvid",
+                                     {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root)})
+    assert_shows_figures(executed, "05_attention_mmformer")
+    _check_attention_results(results)
 
 
 @pytest.mark.notebook

@@ -105,12 +105,18 @@ class FSSExperiment:
         self._episodes: dict[int, EpisodeList] = {}
         self._level_caches: dict[tuple[str, str], FeatureCache] = {}
         self._train_items: TransformedItems | None = None
+        #: ``{level name: images -> [B, N, h, w] proposals}`` for levels named ``"proposals..."`` (default: SLIC).
+        self.proposal_sources: dict[str, torch.nn.Module] = {}
 
     def _cache(self, role: str, level: str, items: TransformedItems) -> FeatureCache:
         key = (role, level)
         if key not in self._level_caches:
-            if level == PROPOSAL_LEVEL:
-                extractor = ProposalExtractor()
+            if level.startswith(PROPOSAL_LEVEL):
+                if level != PROPOSAL_LEVEL and level not in self.proposal_sources:
+                    raise KeyError(f"no proposal source for the level {level!r}: register one first, e.g. "
+                                   f"exp.proposal_sources[{level!r}] = ProposalExtractor(num_proposals=50) or a "
+                                   f"POSProposalExtractor; registered: {sorted(self.proposal_sources)}")
+                extractor = self.proposal_sources.get(level) or ProposalExtractor()
             else:
                 extractor = FeatureExtractor(self.backbone, levels=(level,), device=self.device)
             self._level_caches[key] = FeatureCache(extractor, items.image, image_id=items.dataset.image_id,
@@ -119,7 +125,9 @@ class FSSExperiment:
 
     def level_caches(self, levels: Sequence[str]) -> tuple[dict[str, FeatureCache], dict[str, FeatureCache]]:
         """One cache per level (query split, support split) for multi-level methods (PFENet-style, MM-Former),
-        sharing the backbone; the level ``"proposals"`` gives SLIC proposals
+        sharing the backbone; a level whose name starts with ``"proposals"`` gives the proposals of
+        ``self.proposal_sources[level]`` (register a source there before the first call, e.g. a trained POS's
+        :class:`~fss_lab.models.mmformer.pos_training.POSProposalExtractor`), by default SLIC
         (:class:`~fss_lab.models.proposal_features.ProposalExtractor`). Built once per level, then reused.
 
         Returns:

@@ -31,10 +31,10 @@ EMPTY_FLOOR = 1e-6
 MATCHING_LEVELS = ("s32", "s16", "s8")
 
 
-def _proposals(task: Task, query: bool = True) -> torch.Tensor:
-    """``[Q, N, h, w]`` proposals of the task's queries (the fallback: one-hot feature cells)."""
-    if PROPOSAL_LEVEL in task.query_features:
-        return task.query(PROPOSAL_LEVEL).float()
+def _proposals(task: Task, level: str = PROPOSAL_LEVEL) -> torch.Tensor:
+    """``[Q, N, h, w]`` proposals of the task's queries at ``level`` (the fallback: one-hot feature cells)."""
+    if level in task.query_features:
+        return task.query(level).float()
     f = task.query()
     q, _, h, w = f.shape
     return torch.eye(h * w, dtype=torch.float32, device=f.device).view(h * w, h, w)[None].expand(q, -1, -1, -1)
@@ -48,9 +48,10 @@ def _feature_levels(task: Task, levels: Sequence[str]) -> list[str]:
 class _ProposalMethod(Method):
     label_spaces: ClassVar[tuple[str, ...]] = ("fss",)
 
-    def __init__(self, levels: Sequence[str] = MATCHING_LEVELS):
+    def __init__(self, levels: Sequence[str] = MATCHING_LEVELS, proposal_level: str = PROPOSAL_LEVEL):
         self.levels = tuple(levels)
-        self.feature_levels = (*self.levels, PROPOSAL_LEVEL)
+        self.proposal_level = proposal_level
+        self.feature_levels = (*self.levels, proposal_level)
         self.task: Task | None = None
 
     def fit(self, task: Task) -> "_ProposalMethod":
@@ -68,6 +69,7 @@ class HeuristicMatching(_ProposalMethod):
     Args:
         levels: backbone levels whose (self-aligned) features are concatenated (default ``("s32", "s16", "s8")``).
         self_align: apply the parameter-free self-alignment first (Tab. 3a row 2) or not (row 1).
+        proposal_level: the task level holding the proposals (default ``"proposals"``).
 
     Returns (``predict``): ``[Q, 2, H, W]`` ``[1 - M, M]`` of the chosen proposal (bilinear to the label size), a
     probability pair, not logits (its argmax is the prediction). After ``predict``, ``last_similarity`` holds the
@@ -76,8 +78,9 @@ class HeuristicMatching(_ProposalMethod):
 
     name: ClassVar[str] = "mmformer-heuristic"
 
-    def __init__(self, levels: Sequence[str] = MATCHING_LEVELS, self_align: bool = True):
-        super().__init__(levels)
+    def __init__(self, levels: Sequence[str] = MATCHING_LEVELS, self_align: bool = True,
+                 proposal_level: str = PROPOSAL_LEVEL):
+        super().__init__(levels, proposal_level)
         self.self_align = bool(self_align)
         self.last_similarity: torch.Tensor | None = None
 
@@ -86,7 +89,7 @@ class HeuristicMatching(_ProposalMethod):
             raise NotFittedError("call fit(task) with a support set before predict()")
         sup = self.task
         levels = _feature_levels(task, self.levels)
-        props = _proposals(task)
+        props = _proposals(task, self.proposal_level)
         q = props.shape[0]
         qf = [task.query(lv).float() for lv in levels]
         sf = [[sup.support(lv).float()[k:k + 1].expand(q, -1, -1, -1) for lv in levels] for k in range(sup.shots)]
@@ -112,7 +115,7 @@ class OracleMatching(_ProposalMethod):
         if task.query_labels is None:
             raise ValueError(f"{self.name} reads the query labels (an upper bound); this task has none "
                              f"({task.describe()}); evaluate it with fss_lab's evaluator, which passes them")
-        props = _proposals(task)
+        props = _proposals(task, self.proposal_level)
         out = oracle_matching(props, task.query_labels.long())
         return out if tuple(out.shape[-2:]) == tuple(task.size) else \
             F.interpolate(out, size=task.size, mode="bilinear", align_corners=False)
@@ -121,25 +124,28 @@ class OracleMatching(_ProposalMethod):
 
 
 
-def _stack_inputs(tasks: Sequence[Task], levels: Sequence[str]) -> dict:
+def _stack_inputs(tasks: Sequence[Task], levels: Sequence[str], proposal_level: str | None = PROPOSAL_LEVEL) -> dict:
     """Network inputs of equal-shaped 1-way tasks, one row per query: ``query`` (per level ``[B, C, h, w]``),
-    ``support`` (per shot, per level), ``masks [B, K, H, W]``, ``proposals [B, N, h, w]``."""
+    ``support`` (per shot, per level), ``masks [B, K, H, W]``, ``proposals [B, N, h, w]`` (``None`` when
+    ``proposal_level`` is ``None``: a joint model computes them)."""
     rows: dict[str, list] = {"query": [], "support": [], "masks": [], "proposals": []}
     for t in tasks:
         lv = _feature_levels(t, levels)
-        props = _proposals(t)
-        q = props.shape[0]
+        props = _proposals(t, proposal_level) if proposal_level is not None else None
+        q = t.query(lv[0]).shape[0]
         rows["query"].append([t.query(x).float() for x in lv])
         rows["support"].append([[t.support(x).float()[k:k + 1].expand(q, -1, -1, -1) for x in lv]
                                 for k in range(t.shots)])
         rows["masks"].append(t.support_labels.long()[None].expand(q, -1, -1, -1))
         # padded empty superpixel proposals would give 0/0 embeddings (the official pooling has no epsilon):
         # a floor of EMPTY_FLOOR keeps them finite and adds at most N * EMPTY_FLOOR * max|w| to the blend
-        rows["proposals"].append(props.clamp(min=EMPTY_FLOOR))
+        if props is not None:
+            rows["proposals"].append(props.clamp(min=EMPTY_FLOOR))
     n_lv, n_k = len(rows["query"][0]), len(rows["support"][0])
     return {"query": [torch.cat([r[i] for r in rows["query"]]) for i in range(n_lv)],
             "support": [[torch.cat([r[k][i] for r in rows["support"]]) for i in range(n_lv)] for k in range(n_k)],
-            "masks": torch.cat(rows["masks"]), "proposals": torch.cat(rows["proposals"]),
+            "masks": torch.cat(rows["masks"]),
+            "proposals": torch.cat(rows["proposals"]) if rows["proposals"] else None,
             "size": tuple(tasks[0].size)}
 
 
@@ -157,8 +163,18 @@ class MMFormer(_ProposalMethod):
         levels: backbone levels (default ``("s32", "s16", "s8")``, MM-Former's res5/res4/res3).
         hidden_dim / nhead / dim_feedforward / num_layers / min_size: :class:`~fss_lab.models.mmformer.
             feature_alignment.FeatureAlignmentBlock` (official 256 / 4 / 512 / 2 / 15).
-        co_weight: weight of ``co_loss`` (official 6).
+        co_weight: weight of ``co_loss`` (official 6). dice_weight: weight of the Dice loss (official 10).
         seed: initialisation seed.
+        mixing: the matching MLP (:class:`~fss_lab.models.mmformer.mask_matching.MatchingMLP`): ``"across"``
+            (official, one MLP over the N-vector of similarities: slot n must mean the same proposal in every
+            image, as a POS's queries do) or ``"per_proposal"`` (a shared, permutation-equivariant MLP; a variant
+            for unordered proposals such as superpixels).
+        matching: ``"learned"`` (MLP blend) or ``"heuristic"`` (argmax of the aligned cosines; Tab. 3a rows
+            without the learnable matching, trained by ``co_loss`` alone).
+        self_align / cross: the Feature Alignment Block's parts (Tab. 3a: ``cross`` in ``"learned"``, ``"none"``,
+            ``"nonparametric"``).
+        proposal_level: the task level holding the proposals (``"proposals"``; another name lets one experiment
+            hold several proposal sources, e.g. ``"proposals_pos"``).
 
     Returns (``predict``): ``[Q, 2, H, W]`` ``[1 - fg, fg]`` with ``fg = sum_n w_n M_n`` (a blend, not logits; its
     argmax is the prediction). ``last_similarity`` / ``last_weights`` hold the ``[Q, N]`` cosines and matching
@@ -170,10 +186,14 @@ class MMFormer(_ProposalMethod):
 
     def __init__(self, levels: Sequence[str] = MATCHING_LEVELS, hidden_dim: int = 256, nhead: int = 4,
                  dim_feedforward: int = 512, num_layers: int = 2, min_size: int = 15, co_weight: float = 6.0,
-                 seed: int = 0):
-        super().__init__(levels)
+                 seed: int = 0, mixing: str = "across", matching: str = "learned", self_align: bool = True,
+                 cross: str = "learned", dice_weight: float = 10.0, proposal_level: str = PROPOSAL_LEVEL):
+        super().__init__(levels, proposal_level)
         self.alignment = dict(hidden_dim=hidden_dim, nhead=nhead, dim_feedforward=dim_feedforward,
-                              num_layers=num_layers, min_size=min_size)
+                              num_layers=num_layers, min_size=min_size, self_align=bool(self_align), cross=cross)
+        self.mixing, self.matching, self.dice_weight = mixing, matching, float(dice_weight)
+        self.proposal_level = proposal_level
+        self.feature_levels = (*self.levels, proposal_level)
         self.co_weight, self.seed = float(co_weight), seed
         self.network = None
         self.last_similarity: torch.Tensor | None = None
@@ -185,11 +205,12 @@ class MMFormer(_ProposalMethod):
         counts and number of proposals (seeded; no-op when it exists)."""
         from ..models.mmformer.mask_matching import MaskMatching
         channels = tuple(int(task.support(lv).shape[1]) for lv in _feature_levels(task, self.levels))
-        n = int(_proposals(task).shape[1])
+        n = int(_proposals(task, self.proposal_level).shape[1])
         if self.network is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                self.network = MaskMatching(channels, n, **self.alignment)
+                self.network = MaskMatching(channels, n, mixing=self.mixing, matching=self.matching,
+                                            **self.alignment)
             self.network.eval()
         elif self.network.matching_mlp.num_proposals != n:
             raise ValueError(f"{self.name}: the matching MLP was built for {self.network.matching_mlp.num_proposals} "
@@ -219,7 +240,7 @@ class MMFormer(_ProposalMethod):
         sup = self.task
         joined = Task(sup.support_features, sup.support_labels, task.query_features, sup.label_space, sup.shots,
                       task.size)
-        inputs = _stack_inputs([joined], self.levels)
+        inputs = _stack_inputs([joined], self.levels, self.proposal_level)
         net = self.build_for(task)
         out, sim = net(inputs["query"], inputs["support"], inputs["masks"], inputs["proposals"], size=task.size)
         self.last_similarity = sim
@@ -229,7 +250,7 @@ class MMFormer(_ProposalMethod):
     @torch.no_grad()
     def episode_inputs(self, tasks: Sequence[Task]) -> dict:
         """See :func:`_stack_inputs`."""
-        inputs = _stack_inputs(tasks, self.levels)
+        inputs = _stack_inputs(tasks, self.levels, self.proposal_level)
         self._proposals = inputs["proposals"]
         return inputs
 
@@ -241,6 +262,102 @@ class MMFormer(_ProposalMethod):
         """``{"total", "fewshot_loss", "co_loss"}`` (official weights 10 and ``co_weight``)."""
         from ..losses.mmformer import mmformer_loss
         out, sim = outputs
-        return mmformer_loss(out.float(), sim.float(), self._proposals, labels, co_weight=self.co_weight)
+        return mmformer_loss(out.float(), sim.float(), self._proposals, labels, dice_weight=self.dice_weight,
+                             co_weight=self.co_weight)
 
-__all__ = ["HeuristicMatching", "OracleMatching", "MMFormer", "MATCHING_LEVELS", "blend_proposals"]
+class JointMMFormer(MMFormer):
+    """MM-Former trained **jointly** (Tab. 3c's alternative to the two-stage strategy): the POS and the Mask Matching
+    module in one loss, ``L = pos_weight * L_P + 10 * L_M + 6 * L_co``, proposals computed by the POS in every step.
+
+    Not in the registry (it reads the POS's backbone levels besides the matching ones); train it with
+    :func:`~fss_lab.engine.episodic.train_episodic` like :class:`MMFormer`, evaluate it with the evaluator.
+
+    Simplification, said plainly: episodes carry binary labels, so ``L_P`` (:func:`~fss_lab.models.mmformer.
+    potential_objects_segmenter.pos_set_loss`) has one target segment per query, the episode class's foreground
+    (the paper's joint run has every base-class segment of the image). ``L_co`` sees the proposals detached.
+
+    Args:
+        pos: a :class:`~fss_lab.models.mmformer.potential_objects_segmenter.PotentialObjectsSegmenter` (e.g.
+            :func:`~fss_lab.models.mmformer.pos_training.build_pos`), trained here together with the matching.
+        pos_weight: weight of ``L_P`` (1).
+        kwargs: :class:`MMFormer` settings.
+    """
+
+    name: ClassVar[str] = "mmformer-joint"
+
+    def __init__(self, pos, pos_weight: float = 1.0, **kwargs):
+        from ..models.mmformer.pos_training import POS_LEVELS, POS_MASK_LEVEL
+        super().__init__(**kwargs)
+        self.pos, self.pos_weight = pos, float(pos_weight)
+        self.pos_levels = (*POS_LEVELS, POS_MASK_LEVEL)
+        self.feature_levels = tuple(dict.fromkeys((*self.levels, *self.pos_levels)))
+        self._pos_out = None
+
+    def _pos_inputs(self, tasks: Sequence[Task]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        maps = [torch.cat([t.query(lv).float() for t in tasks]) for lv in self.pos_levels]
+        return maps[:-1], maps[-1]
+
+    def build_for(self, task: Task):
+        """The matching network for the POS's N queries (proposals are the POS's, not a task level)."""
+        from ..models.mmformer.mask_matching import MaskMatching
+        if self.network is None:
+            channels = tuple(int(task.support(lv).shape[1]) for lv in _feature_levels(task, self.levels))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self.network = MaskMatching(channels, self.pos.num_queries, mixing=self.mixing,
+                                            matching=self.matching, **self.alignment)
+            self.network.eval()
+        return self.network
+
+    def training_module(self):
+        """``ModuleDict(matching=..., pos=...)``: both are trained and checkpointed."""
+        if self.network is None:
+            raise NotFittedError(f"{self.name}: build the network first (a task)")
+        if not hasattr(self, "_module"):
+            self._module = torch.nn.ModuleDict({"matching": self.network, "pos": self.pos})
+        return self._module
+
+    @torch.no_grad()
+    def episode_inputs(self, tasks: Sequence[Task]) -> dict:
+        inputs = _stack_inputs(tasks, self.levels, None)
+        inputs["pos"] = self._pos_inputs(tasks)
+        return inputs
+
+    def episode_forward(self, network, inputs: dict):
+        """``(out, similarity, pos outputs, proposals)``."""
+        pos_out = network["pos"](*inputs["pos"])
+        props = pos_out["pred_masks"].sigmoid()
+        out, sim = network["matching"](inputs["query"], inputs["support"], inputs["masks"], props,
+                                       size=inputs["size"])
+        return out, sim, pos_out, props
+
+    def episode_loss(self, outputs, labels: torch.Tensor) -> dict:
+        """``{"total", "fewshot_loss", "co_loss", "pos_loss"}``."""
+        from ..losses.mmformer import mmformer_loss
+        from ..models.mmformer.potential_objects_segmenter import pos_set_loss
+        out, sim, pos_out, props = outputs
+        parts = mmformer_loss(out.float(), sim.float(), props.detach(), labels, dice_weight=self.dice_weight,
+                              co_weight=self.co_weight)
+        h, w = props.shape[-2:]
+        small = F.interpolate((labels == 1).float()[:, None], size=(h, w), mode="nearest")[:, 0]
+        targets = [m[None] if m.any() else m.new_zeros(0, h, w) for m in small]
+        parts["pos_loss"] = pos_set_loss(pos_out, targets)["total"] * self.pos_weight
+        parts["total"] = parts["total"] + parts["pos_loss"]
+        return parts
+
+    def predict(self, task: Task) -> torch.Tensor:
+        if self.task is None:
+            raise NotFittedError("call fit(task) with a support set before predict()")
+        sup = self.task
+        joined = Task(sup.support_features, sup.support_labels, task.query_features, sup.label_space, sup.shots,
+                      task.size)
+        inputs = _stack_inputs([joined], self.levels, None)
+        with torch.no_grad():
+            props = self.pos.eval()(*self._pos_inputs([task]))["pred_masks"].sigmoid()
+        net = self.build_for(task)
+        out, sim = net(inputs["query"], inputs["support"], inputs["masks"], props, size=task.size)
+        self.last_similarity, self.last_weights = sim, net.matching_mlp(sim)
+        return out
+
+
+__all__ = ["HeuristicMatching", "OracleMatching", "MMFormer", "JointMMFormer", "MATCHING_LEVELS", "blend_proposals"]

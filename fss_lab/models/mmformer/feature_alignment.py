@@ -28,18 +28,55 @@ class FeatureAlignmentBlock(nn.Module):
         hidden_dim: 256. nhead: 4. dim_feedforward: 512. num_layers: 2. pre_norm: False. min_size: 15.
         self_align_variant: ``"channel"`` (official) or ``"spatial_residual"``.
         keep_attention: keep every level's attention maps (``cross_alignments[i].last_attention``).
+        self_align: apply the self-alignment (True, official; False for Tab. 3a's rows without it).
+        cross: ``"learned"`` (official), ``"none"`` (no cross-alignment: projections only) or ``"nonparametric"``
+            (Tab. 3a row 3: no learnable parameter at all: no projection, and per level ``num_layers`` rounds of
+            single-head ``x + softmax(x m^T / sqrt(C)) m`` with ``m`` the other image's memory, short side
+            ``min_size``; the support pass attends to the original query).
+
+    Raises:
+        ValueError: an unknown ``cross``.
     """
+
+    CROSS = ("learned", "none", "nonparametric")
 
     def __init__(self, in_channels: Sequence[int] = (2048, 1024, 512), hidden_dim: int = 256, nhead: int = 4,
                  dim_feedforward: int = 512, num_layers: int = 2, pre_norm: bool = False, min_size: int = 15,
-                 self_align_variant: str = "channel", keep_attention: bool = False):
+                 self_align_variant: str = "channel", keep_attention: bool = False, self_align: bool = True,
+                 cross: str = "learned"):
         super().__init__()
-        self.hidden_dim = hidden_dim
+        if cross not in self.CROSS:
+            raise ValueError(f"FeatureAlignmentBlock: cross must be one of {self.CROSS}, got {cross!r}")
+        self.hidden_dim, self.cross, self.use_self_alignment = hidden_dim, cross, bool(self_align)
+        self.in_channels, self.num_layers, self.min_size = tuple(in_channels), num_layers, min_size
         self.self_alignment = SelfAlignment(self_align_variant)
-        self.projections = nn.ModuleList(nn.Conv2d(c, hidden_dim, kernel_size=1, bias=False) for c in in_channels)
-        self.cross_alignments = nn.ModuleList(
-            CrossAlignment(hidden_dim, nhead, dim_feedforward, num_layers, pre_norm, min_size, keep_attention)
-            for _ in in_channels)
+        if cross == "nonparametric":
+            self.projections = nn.ModuleList(nn.Identity() for _ in in_channels)
+            self.cross_alignments = nn.ModuleList()
+        else:
+            self.projections = nn.ModuleList(nn.Conv2d(c, hidden_dim, kernel_size=1, bias=False)
+                                             for c in in_channels)
+            self.cross_alignments = nn.ModuleList(
+                CrossAlignment(hidden_dim, nhead, dim_feedforward, num_layers, pre_norm, min_size, keep_attention)
+                for _ in in_channels) if cross == "learned" else nn.ModuleList()
+
+    def _nonparametric(self, q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parameter-free cross-attention (Tab. 3a row 3), both directions, ``num_layers`` rounds."""
+        import torch.nn.functional as F
+        from .cross_alignment import memory_size
+
+        def mem(x: torch.Tensor) -> torch.Tensor:
+            size = memory_size(*x.shape[-2:], self.min_size)
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+
+        def attend(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            b, c, h, w = x.shape
+            t = x.flatten(2).transpose(1, 2)
+            for _ in range(self.num_layers):
+                t = t + torch.softmax(t @ m.transpose(1, 2) / c ** 0.5, dim=-1) @ m
+            return t.transpose(1, 2).reshape(b, c, h, w)
+
+        return attend(q, mem(s)), attend(s, mem(q))
 
     def forward(self, query_feats: Sequence[torch.Tensor], support_feats: Sequence[torch.Tensor],
                 support_mask: torch.Tensor, return_attention: bool = False):
@@ -63,13 +100,23 @@ class FeatureAlignmentBlock(nn.Module):
                              f"{len(support_feats)} support maps")
         out_q, out_s, attn = [], [], []
         for i, (fq, fs) in enumerate(zip(query_feats, support_feats)):
-            want = self.projections[i].in_channels
+            want = self.in_channels[i]
             for name, f in (("query", fq), ("support", fs)):
                 if not isinstance(f, torch.Tensor) or f.dim() != 4 or f.shape[1] != want:
                     raise ValueError(f"FeatureAlignmentBlock: {name} level {i} must be [B, {want}, H, W]; got "
                                      f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__}")
-            q = self.projections[i](self.self_alignment(fq))
-            s = self.projections[i](self.self_alignment(fs))
+            if self.use_self_alignment:
+                fq, fs = self.self_alignment(fq), self.self_alignment(fs)
+            q, s = self.projections[i](fq), self.projections[i](fs)
+            if self.cross != "learned":
+                if self.cross == "nonparametric":
+                    s, _ = mask_support_features(s, s, support_mask)
+                    q, s = self._nonparametric(q, s)
+                out_q.append(q)
+                out_s.append(s)
+                if return_attention:
+                    attn.append(None)
+                continue
             q_pos = sine_positional_encoding(q, self.hidden_dim // 2).to(q.dtype)
             s_pos = sine_positional_encoding(s, self.hidden_dim // 2).to(s.dtype)
             s, s_pos = mask_support_features(s, s_pos, support_mask)

@@ -102,21 +102,44 @@ def proposal_similarity(embeddings: torch.Tensor, prototype: torch.Tensor) -> to
     return F.cosine_similarity(embeddings, prototype[:, None, :].expand_as(embeddings), dim=2)
 
 
-class MatchingMLP(nn.Module):
-    """The MLP of Eq. 4 that mixes **across** proposals: ``S [B, N] -> Linear(N, 5N) -> ReLU -> Linear(5N, N)``.
+MIXING = ("across", "per_proposal")
+"""Matching MLP variants: ``"across"`` (official: one MLP over the vector of N similarities) and
+``"per_proposal"`` (a variant: one small MLP shared by all proposals, permutation-equivariant)."""
 
-    Its input is the vector of the N similarities, so every output weight depends on all proposals (it can merge
-    parts); it is not applied per proposal. Outputs are raw weights (no softmax, as the official code).
+
+class MatchingMLP(nn.Module):
+    """The MLP of Eq. 4 that turns the N similarities into N blending weights.
+
+    ``mixing="across"`` (official): ``S [B, N] -> Linear(N, 5N) -> ReLU -> Linear(5N, N)``; its input is the vector
+    of the N similarities, so every output weight depends on all proposals (it can merge parts); proposal ``n``'s
+    weight is read from slot ``n``, which presumes that slot ``n`` means the same thing in every image (true of a
+    POS's learned queries; not of superpixels, whose order is arbitrary).
+
+    ``mixing="per_proposal"`` (a variant, not in the paper): the same small MLP for every proposal, on
+    ``[S_n, S_n - max S, (S_n - min S) / (max S - min S + 1e-8)]`` (3 -> ``hidden`` -> 1, ReLU): still sees the other
+    proposals through the max and min, but a permutation of the proposals permutes the weights (no slot identity).
+
+    Outputs are raw weights (no softmax, as the official code).
 
     Args:
-        num_proposals: N (100 in MM-Former). hidden: width (default ``5 * N``, i.e. 500).
+        num_proposals: N (100 in MM-Former). hidden: width (default ``5 * N``, i.e. 500, for ``"across"``; 32 for
+            ``"per_proposal"``). mixing: ``"across"`` (official) or ``"per_proposal"``.
+
+    Raises:
+        ValueError: an unknown ``mixing``.
     """
 
-    def __init__(self, num_proposals: int = 100, hidden: int | None = None):
+    def __init__(self, num_proposals: int = 100, hidden: int | None = None, mixing: str = "across"):
         super().__init__()
-        self.num_proposals = num_proposals
-        self.fc1 = nn.Linear(num_proposals, hidden or 5 * num_proposals)
-        self.fc2 = nn.Linear(hidden or 5 * num_proposals, num_proposals)
+        if mixing not in MIXING:
+            raise ValueError(f"MatchingMLP: mixing must be one of {MIXING}, got {mixing!r}")
+        self.num_proposals, self.mixing = num_proposals, mixing
+        if mixing == "across":
+            self.fc1 = nn.Linear(num_proposals, hidden or 5 * num_proposals)
+            self.fc2 = nn.Linear(hidden or 5 * num_proposals, num_proposals)
+        else:
+            self.fc1 = nn.Linear(3, hidden or 32)
+            self.fc2 = nn.Linear(hidden or 32, 1)
 
     def forward(self, similarity: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` similarities -> ``[B, N]`` blending weights.
@@ -126,7 +149,12 @@ class MatchingMLP(nn.Module):
         """
         if similarity.dim() != 2 or similarity.shape[1] != self.num_proposals:
             raise ValueError(f"MatchingMLP: similarity must be [B, {self.num_proposals}]; got {_shape(similarity)}")
-        return self.fc2(F.relu(self.fc1(similarity)))
+        if self.mixing == "across":
+            return self.fc2(F.relu(self.fc1(similarity)))
+        hi = similarity.max(dim=1, keepdim=True).values
+        lo = similarity.min(dim=1, keepdim=True).values
+        x = torch.stack([similarity, similarity - hi, (similarity - lo) / (hi - lo + 1e-8)], dim=-1)
+        return self.fc2(F.relu(self.fc1(x)))[..., 0]
 
 
 def blend_proposals(weights: torch.Tensor, proposals: torch.Tensor, size: Sequence[int] | None = None
@@ -239,16 +267,23 @@ class MaskMatching(nn.Module):
     Args:
         in_channels: backbone channels per level (official ``(2048, 1024, 512)`` for res5/res4/res3).
         num_proposals: N (100).
+        mixing: :class:`MatchingMLP` variant (``"across"``, official).
+        matching: ``"learned"`` (the MLP blend, official) or ``"heuristic"`` (the proposal with the highest cosine
+            of the aligned features: Tab. 3a rows without the learnable matching; only ``co_loss`` trains them).
         alignment: keyword arguments of :class:`FeatureAlignmentBlock` (hidden_dim, nhead, pre_norm, ...).
 
     Attributes:
         last_similarity: ``[B, N]`` cosine similarities of the last forward (for ``co_loss`` and widgets).
     """
 
-    def __init__(self, in_channels: Sequence[int] = (2048, 1024, 512), num_proposals: int = 100, **alignment):
+    def __init__(self, in_channels: Sequence[int] = (2048, 1024, 512), num_proposals: int = 100,
+                 mixing: str = "across", matching: str = "learned", **alignment):
         super().__init__()
+        if matching not in ("learned", "heuristic"):
+            raise ValueError(f"MaskMatching: matching must be 'learned' or 'heuristic', got {matching!r}")
+        self.matching = matching
         self.alignment = FeatureAlignmentBlock(in_channels, **alignment)
-        self.matching_mlp = MatchingMLP(num_proposals)
+        self.matching_mlp = MatchingMLP(num_proposals, mixing=mixing)
         self.last_similarity: torch.Tensor | None = None
 
     def forward(self, query_feats: Sequence[torch.Tensor], support_feats: Sequence[Sequence[torch.Tensor]],
@@ -279,5 +314,7 @@ class MaskMatching(nn.Module):
             proto = proto + torch.cat([support_prototype(f, support_masks[:, shot]) for f in aligned_s], dim=1)
         similarity = proposal_similarity(emb / k, proto / k)
         self.last_similarity = similarity
+        if self.matching == "heuristic":
+            return heuristic_matching(similarity, proposals, size or proposals.shape[-2:]), similarity
         weights = self.matching_mlp(similarity)
         return blend_proposals(weights, proposals, size or proposals.shape[-2:]), similarity
