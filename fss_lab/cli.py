@@ -179,7 +179,14 @@ def _evaluate(a: argparse.Namespace) -> int:
             cfg[key] = tuple(cfg[key])
     config = FSSConfig(**cfg)
     factories = {n: (lambda n=n, kw=kw: create_method(n, **(kw or {}))) for n, kw in methods.items()}
-    summary, per_class, _ = run_fss(config, factories, progress=not a.no_progress)
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: episodes split across ranks, exact merge
+        summary, per_class, is_main = _evaluate_sharded(config, factories, progress=not a.no_progress)
+        if not is_main:
+            return 0
+    else:
+        summary, per_class, _ = run_fss(config, factories, progress=not a.no_progress)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv", index=False)
@@ -189,6 +196,38 @@ def _evaluate(a: argparse.Namespace) -> int:
     print(summary.to_string(index=False))
     print(f"wrote summary.csv, per_class.csv, results.json to {out}")
     return 0
+
+
+def _evaluate_sharded(config, factories, progress: bool):
+    """``fss-lab evaluate`` under torchrun: every method and K through
+    :func:`~fss_lab.engine.sharded.evaluate_fss_sharded`; returns ``(summary, per_class, is rank 0)``."""
+    import pandas as pd
+
+    from .engine.distributed import cleanup_distributed, init_distributed
+    from .engine.sharded import evaluate_fss_sharded
+    from .experiments import FSSExperiment
+
+    ctx = init_distributed(device=config.device)
+    try:
+        exp = FSSExperiment(config)
+        results = []
+        for k in exp.config.shots:
+            for label, make in factories.items():
+                m = make()
+                levels = tuple(m.feature_levels)
+                if levels and set(levels) != {exp.config.levels[0]}:
+                    q, s = exp.level_caches(levels)
+                else:
+                    q, s = exp.query_cache, exp.support_cache
+                res = evaluate_fss_sharded(m, exp.episodes(k), exp.query_items, exp.support_items, q, s,
+                                           context=ctx, device=ctx.device, progress=progress)
+                res.method = label
+                results.append(res)
+        summary = pd.DataFrame([r.summary() for r in results]).assign(world_size=ctx.world_size)
+        per_class = pd.concat([r.per_class_frame() for r in results], ignore_index=True)
+        return summary, per_class, ctx.is_main
+    finally:
+        cleanup_distributed()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
