@@ -6,6 +6,8 @@ A spec (JSON, or YAML with PyYAML) lists notebooks and the grid of parameters to
      "parallel": 2,                               # notebooks executed at once on this machine
      "kernel": "python3",
      "env": {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"},
+     "gpus": null,                                # or [0, 1, ...]: each running notebook gets one of them
+                                                  # (CUDA_VISIBLE_DEVICES), so parallel = number of GPUs
      "parameters": {"QUICK": true},               # fixed parameters of every notebook
      "grid": {"SEED": [0, 1]},                    # every notebook x every combination of these
      "notebooks": [
@@ -58,7 +60,7 @@ __all__ = ["Combination", "SweepReport", "TABLE_COLUMNS", "SweepSpecError", "loa
 #: The first columns of the sweep table, in this order.
 TABLE_COLUMNS = ("notebook", "combination", "status", "dataset", "fold", "shots", "seed", "method", "backbone",
                  "protocol", "quick", "package_version", "git_revision", "git_dirty", "wall_s", "error")
-_SPEC_KEYS = {"output", "parallel", "kernel", "env", "parameters", "grid", "notebooks", "timeout_s"}
+_SPEC_KEYS = {"output", "parallel", "kernel", "env", "parameters", "grid", "notebooks", "timeout_s", "gpus"}
 _NB_KEYS = {"notebook", "parameters", "grid", "columns", "name"}
 _STATUS = "status.json"
 
@@ -150,7 +152,8 @@ def load_spec(spec: str | Path | Mapping) -> dict:
         raise SweepSpecError("the sweep spec lists no 'notebooks' (a list of {'notebook': PATH, 'grid': {...}})")
     if "output" not in raw:
         raise SweepSpecError("the sweep spec has no 'output' folder (e.g. \"output\": \"results/sweeps/mine\")")
-    out = {"parallel": 1, "kernel": "python3", "env": {}, "parameters": {}, "grid": {}, "timeout_s": None, **raw}
+    out = {"parallel": 1, "kernel": "python3", "env": {}, "parameters": {}, "grid": {}, "timeout_s": None,
+           "gpus": None, **raw}
     out["output"] = (base / out["output"]).resolve()
     if int(out["parallel"]) < 1:
         raise SweepSpecError(f"parallel must be >= 1, got {out['parallel']}")
@@ -219,8 +222,19 @@ def _status(folder: Path) -> dict | None:
         return None
 
 
-def _run_one(c: Combination, spec: Mapping, stop: threading.Event, procs: dict) -> dict:
-    """Execute one combination with papermill in a subprocess; write and return its status."""
+def _run_one(c: Combination, spec: Mapping, stop: threading.Event, procs: dict, gpus=None) -> dict:
+    """Execute one combination with papermill in a subprocess (on one GPU taken from the queue ``gpus``, when
+    given); write and return its status."""
+    if gpus is None:
+        return _run_on(c, spec, stop, procs, None)
+    gpu = gpus.get()
+    try:
+        return _run_on(c, spec, stop, procs, gpu)
+    finally:
+        gpus.put(gpu)
+
+
+def _run_on(c: Combination, spec: Mapping, stop: threading.Event, procs: dict, gpu) -> dict:
     folder = c.folder(spec["output"])
     if folder.exists():  # a combination interrupted before it finished: start it clean
         shutil.rmtree(folder)
@@ -230,6 +244,8 @@ def _run_one(c: Combination, spec: Mapping, stop: threading.Event, procs: dict) 
     cmd = [sys.executable, "-m", "papermill", str(c.notebook), str(folder / "executed.ipynb"), "-k", spec["kernel"],
            "-f", str(folder / "params.json"), "--cwd", str(c.notebook.parent), "--no-progress-bar"]
     env = {**os.environ, **{k: str(v) for k, v in spec["env"].items()}}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     t0 = time.time()
     with open(folder / "log.txt", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -293,11 +309,19 @@ def run_sweep(spec: str | Path | Mapping, *, parallel: int | None = None, retry_
         return report
     stop, procs = threading.Event(), {}
     workers = int(parallel or spec["parallel"])
+    gpus = None
+    if spec.get("gpus"):
+        import queue
+
+        gpus = queue.Queue()
+        for g in spec["gpus"]:
+            gpus.put(g)
+        workers = min(workers, len(spec["gpus"])) if parallel or spec["parallel"] > 1 else len(spec["gpus"])
     bar = progress_bar(total=len(todo), desc=f"sweep ({len(report.skipped)} done before)", unit="notebook",
                        progress=progress)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_run_one, c, spec, stop, procs): c for c in todo}
+            futures = {pool.submit(_run_one, c, spec, stop, procs, gpus): c for c in todo}
             for fut in as_completed(futures):
                 c, st = futures[fut], fut.result()
                 report.ran.append(c.cid)

@@ -19,6 +19,7 @@ EXPECTED_IMAGES = {
     "04_infomax_diam": 4,  # comparison, entropy, proportions, prediction steps
     "07_your_own_images": 2,  # support + mask, overlays of every query and method
     "04b_bcm": 2,  # host map, comparison
+    "08_benchmark": 3,  # methods x shots, per-class heatmap, score vs time per query
 }
 
 

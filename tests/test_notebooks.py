@@ -151,3 +151,20 @@ def test_gfss_finetuning_notebook_on_camvid_fold0():
                                      {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root), "FOLD": 0, "SHOTS": [1, 5]})
     assert_shows_figures(executed, "02_gfss_finetuning_triplet")
     assert {r["shots"] for r in results["shots"]} == {1, 5}
+
+
+@pytest.mark.notebook
+def test_benchmark_notebook_on_default_data():
+    # after the other notebook tests: it reuses notebook 04's base model and notebook 05/06's meta-trained learners
+    executed, results = run_notebook("08_benchmark", "benchmark_synthetic", {"QUICK": True})
+    assert_shows_figures(executed, "08_benchmark")
+    rows = results["rows"]
+    fss = {r["method"] for r in rows if r["space"] == "fss"}
+    gfss = {r["method"] for r in rows if r["space"] == "gfss"}
+    assert {"prototype", "repri", "pfenet-meta"} <= fss and {"diam", "gfss-prototype"} <= gfss
+    assert {r["shots"] for r in rows} == {1, 5}
+    for r in rows:
+        assert r["ms_per_query"] > 0
+        for key in ("mIoU", "FB-IoU", "base", "novel", "mean", "harmonic"):
+            assert r.get(key) is None or 0.0 <= r[key] <= 1.0
+    assert results["verdicts"] and all(v["held"] in (True, False, None) for v in results["verdicts"])
