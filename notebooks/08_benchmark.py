@@ -112,13 +112,6 @@ EXPECTED = {"fss": ["prototype", "repri", "binary-ft", "pfenet-prior", "pfenet-m
                      "diam", "bcm"]}
 fss_exp = FSSExperiment(FSSConfig(dataset=DATASET, data_root=DATA_ROOT, fold=FOLD, shots=tuple(SHOTS),
                                   n_episodes=N_EPISODES, levels=("s16",), seed=SEED, device=DEVICE))
-base_cfg = BaseModelConfig(DATASET, DATA_ROOT, FOLD, quick=QUICK, seed=SEED, device=DEVICE, cache_dir=BASE_MODEL_DIR,
-                           novel_policy="background")  # notebook 04's base model (BAM's base learners, as DIaM)
-gfss_exp = GFSSExperiment(gfss_config_for(DATASET, DATA_ROOT, FOLD, n_runs=N_RUNS, max_queries=MAX_QUERIES,
-                                          base=base_cfg, device=DEVICE), progress=False)
-model = gfss_exp.model
-print(f"base model {gfss_exp.base.checkpoint.name}; {gfss_exp.class_map.num_base} base, "
-      f"{gfss_exp.class_map.num_novel} novel classes")
 
 FSS_FACTORIES = {  # methods that need more than create_method(name)
     "pfenet-prior": lambda: create_method("pfenet-prior", backbone=fss_exp.backbone),
@@ -158,6 +151,15 @@ for space in ("fss", "gfss"):
                              "status": "registered" if name in registered else "not in this build"})
 availability = pd.DataFrame(availability)
 print(availability.to_string(index=False))
+gfss_exp = model = None
+if ((availability.space == "gfss") & (availability.status == "registered")).any():  # the base model is needed
+    base_cfg = BaseModelConfig(DATASET, DATA_ROOT, FOLD, quick=QUICK, seed=SEED, device=DEVICE,
+                               cache_dir=BASE_MODEL_DIR, novel_policy="background")  # notebook 04's base model
+    gfss_exp = GFSSExperiment(gfss_config_for(DATASET, DATA_ROOT, FOLD, n_runs=N_RUNS, max_queries=MAX_QUERIES,
+                                              base=base_cfg, device=DEVICE), progress=False)
+    model = gfss_exp.model
+    print(f"base model {gfss_exp.base.checkpoint.name}; {gfss_exp.class_map.num_base} base, "
+          f"{gfss_exp.class_map.num_novel} novel classes")
 
 # %% [markdown]
 # ## Running them
@@ -253,8 +255,8 @@ if len(fss_rows):
     print("FSS mIoU (%)\n", fss_table(bench, "mIoU").to_string())
     print("\nFSS FB-IoU (%)\n", fss_table(bench, "FB-IoU").to_string())
 if len(gfss_rows):
-    g = gfss_rows.set_index(["method", "shots"])[["base", "novel", "mean", "harmonic"]].unstack("shots")
-    g = (100 * g).round(1).swaplevel(axis=1).sort_index(axis=1, level=0)
+    g = pd.concat({f"{k}-shot": (100 * gfss_rows[gfss_rows.shots == k].set_index("method")[
+        ["base", "novel", "mean", "harmonic"]]).round(1) for k in SHOTS}, axis=1)
     print("\nGFSS (%), DIaM protocol\n", g.to_string())
 cost = bench.pivot_table(index=["space", "method"], columns="shots", values="ms_per_query").round(2)
 print("\ninference time per query (ms, this machine, features precomputed)\n", cost.to_string())
@@ -405,7 +407,8 @@ _ = RUN.write_results({
     "max_queries": MAX_QUERIES, "backbone": fss_exp.config.backbone,
     "rows": [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
              for r in bench.assign(protocol=np.where(bench.space == "fss", fss_exp.config.protocol,
-                                                     gfss_exp.config.protocol)).to_dict("records")],
+                                                     gfss_exp.config.protocol if gfss_exp else "")
+                                   ).to_dict("records")],
     "missing": availability[availability.status != "registered"].method.tolist(),
     "verdicts": [{**v, "held": v["held"] if v["held"] is None else bool(v["held"])} for v in verdicts],
     "summary_lines": [f"{r['space']} {r['method']} {r['shots']}-shot: "
