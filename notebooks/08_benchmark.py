@@ -225,6 +225,7 @@ for _, a in availability[availability.status == "registered"].iterrows():
                 per_class += [{"space": "gfss", "method": name, "shots": k, "class": c,
                                "IoU": float(np.mean([r.per_class[c] for r in results]))}
                               for c in results[0].per_class if c in novel_names]
+            print(f"{space} {name} {k}-shot: {sec:.1f} s for {queries} queries")
         except Exception as exc:  # noqa: BLE001
             notes[(space, name)] = f"failed at {k} shots: {type(exc).__name__}: {str(exc)[:200]}"
             break
