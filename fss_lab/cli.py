@@ -3,6 +3,7 @@
     fss-lab segment --support cat.jpg --mask cat_mask.png --query q1.jpg q2.jpg --out outdir/
     fss-lab evaluate eval.json --out results/
     fss-lab train-base train.json --set train.iterations=100
+    fss-lab sweep sweep.yaml --parallel 2
 
 (``python -m fss_lab.cli ...`` is the same without the installed script.) Exit codes: 0 success, 1 a run that
 failed, 2 bad arguments or inputs (a missing file, a mask without foreground, a bad config); errors are one line
@@ -36,6 +37,14 @@ writes summary.csv, per_class.csv and results.json (mIoU and FB-IoU per method a
   fss-lab train-base train.json --set train.iterations=100
   python -m torch.distributed.run --nproc_per_node 2 -m fss_lab.engine.train_cli train.json
 the config is fss_lab.engine.train_cli's (see its --help).""",
+    "sweep": """examples:
+  fss-lab sweep bench/sweeps/camvid_cpu.yaml --parallel 2
+  fss-lab sweep sweep.json --retry-failed
+spec (JSON, or YAML with PyYAML): notebooks x parameter grids, e.g.
+  {"output": "results/sweeps/q", "parameters": {"QUICK": true},
+   "notebooks": [{"notebook": "notebooks/00_quickstart.ipynb", "grid": {"SEED": [0, 1], "SHOTS": [[1], [5]]}}]}
+each combination runs in output/<notebook>/<id>/; done ones are skipped (resumable); the tidy table goes to
+output/results.csv (and results.parquet with pyarrow). See fss_lab.sweep and bench/SWEEPS.md.""",
 }
 
 #: keys of an ``fss-lab evaluate`` config besides the :class:`~fss_lab.experiments.FSSConfig` fields
@@ -47,12 +56,12 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fss-lab`` argument parser (subcommands ``segment``, ``evaluate``, ``train-base``)."""
+    """The ``fss-lab`` argument parser (subcommands ``segment``, ``evaluate``, ``train-base``, ``sweep``)."""
     p = argparse.ArgumentParser(prog="fss-lab", description=__doc__.split("\n")[0],
                                 epilog="run 'fss-lab <command> --help' for examples",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", metavar="{segment,evaluate,train-base}")
+    sub = p.add_subparsers(dest="command", metavar="{segment,evaluate,train-base,sweep}")
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser("segment", help="segment new photos from support photos and their masks",
                        epilog=EXAMPLES["segment"], formatter_class=fmt)
@@ -81,7 +90,37 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-base", help="train a base model (fss_lab.engine.train_cli)", epilog=EXAMPLES["train-base"],
                        formatter_class=fmt, add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER, help="passed to fss_lab.engine.train_cli")
+    w = sub.add_parser("sweep", help="papermill notebooks x parameter grids -> one tidy table (resumable)",
+                       epilog=EXAMPLES["sweep"], formatter_class=fmt)
+    w.add_argument("spec", help="JSON or YAML sweep spec (fss_lab.sweep)")
+    w.add_argument("--parallel", type=int, default=None, help="notebooks at once (default: the spec's, else 1)")
+    w.add_argument("--retry-failed", action="store_true", help="run the failed combinations again")
+    w.add_argument("--dry-run", action="store_true", help="list the combinations still to run")
+    w.add_argument("--no-progress", action="store_true", help="no progress bar")
+    w.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
+
+
+def _sweep(a: argparse.Namespace) -> int:
+    from .sweep import SweepSpecError, run_sweep
+
+    try:
+        rep = run_sweep(a.spec, parallel=a.parallel, retry_failed=a.retry_failed, progress=not a.no_progress,
+                        dry_run=a.dry_run)
+    except SweepSpecError as exc:
+        raise CLIError(str(exc)) from None
+    if a.dry_run:
+        print(f"{len(rep.ran)} to run, {len(rep.skipped)} done before:", *rep.ran, sep="\n  ")
+        return 0
+    print(f"ran {len(rep.ran)}, skipped {len(rep.skipped)} (done before), failed {len(rep.failed)} "
+          f"in {rep.wall_s} s; table: {rep.csv}" + (f" and {rep.parquet}" if rep.parquet else ""))
+    for note in rep.notes:
+        print(note)
+    if rep.failed and rep.table is not None:
+        bad = rep.table[rep.table["status"] == "failed"].drop_duplicates("combination")
+        for _, r in bad.iterrows():
+            print(f"failed {r['combination']}: {r['error']}")
+    return 1 if rep.failed else 0
 
 
 def _segment(a: argparse.Namespace) -> int:
@@ -152,7 +191,14 @@ def _evaluate(a: argparse.Namespace) -> int:
             cfg[key] = tuple(cfg[key])
     config = FSSConfig(**cfg)
     factories = {n: (lambda n=n, kw=kw: create_method(n, **(kw or {}))) for n, kw in methods.items()}
-    summary, per_class, _ = run_fss(config, factories, progress=not a.no_progress)
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: episodes split across ranks, exact merge
+        summary, per_class, is_main = _evaluate_sharded(config, factories, progress=not a.no_progress)
+        if not is_main:
+            return 0
+    else:
+        summary, per_class, _ = run_fss(config, factories, progress=not a.no_progress)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv", index=False)
@@ -162,6 +208,38 @@ def _evaluate(a: argparse.Namespace) -> int:
     print(summary.to_string(index=False))
     print(f"wrote summary.csv, per_class.csv, results.json to {out}")
     return 0
+
+
+def _evaluate_sharded(config, factories, progress: bool):
+    """``fss-lab evaluate`` under torchrun: every method and K through
+    :func:`~fss_lab.engine.sharded.evaluate_fss_sharded`; returns ``(summary, per_class, is rank 0)``."""
+    import pandas as pd
+
+    from .engine.distributed import cleanup_distributed, init_distributed
+    from .engine.sharded import evaluate_fss_sharded
+    from .experiments import FSSExperiment
+
+    ctx = init_distributed(device=config.device)
+    try:
+        exp = FSSExperiment(config)
+        results = []
+        for k in exp.config.shots:
+            for label, make in factories.items():
+                m = make()
+                levels = tuple(m.feature_levels)
+                if levels and set(levels) != {exp.config.levels[0]}:
+                    q, s = exp.level_caches(levels)
+                else:
+                    q, s = exp.query_cache, exp.support_cache
+                res = evaluate_fss_sharded(m, exp.episodes(k), exp.query_items, exp.support_items, q, s,
+                                           context=ctx, device=ctx.device, progress=progress)
+                res.method = label
+                results.append(res)
+        summary = pd.DataFrame([r.summary() for r in results]).assign(world_size=ctx.world_size)
+        per_class = pd.concat([r.per_class_frame() for r in results], ignore_index=True)
+        return summary, per_class, ctx.is_main
+    finally:
+        cleanup_distributed()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return _run(lambda: (_segment if args.command == "segment" else _evaluate)(args), debug)
+    command = {"segment": _segment, "evaluate": _evaluate, "sweep": _sweep}[args.command]
+    return _run(lambda: command(args), debug)
 
 
 def _run(fn, debug: bool) -> int:

@@ -235,6 +235,15 @@ NOTEBOOK_SPECS: dict[str, dict[str, Param]] = {
                            example="['efficientnet_lite0', 'efficientnet_lite2']"),
         "BACKBONE_ITERATIONS": Param("int", 1, optional=True, example="100"),
     },
+    "08_benchmark": {
+        **_COMMON, **_BASE,
+        "SHOTS": Param("int_list", 1, example="[1, 5]"),
+        "N_EPISODES": Param("int", 1, optional=True, example="1000"),
+        "N_RUNS": Param("int", 1, optional=True, example="5"),
+        "MAX_QUERIES": Param("int", 1, optional=True, example="40"),
+        "METHODS": Param("str_list", optional=True, example="['prototype', 'repri', 'diam']"),
+        "META_MODEL_DIR": Param("path", example="'results/meta_models'"),
+    },
 }
 
 

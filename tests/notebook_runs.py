@@ -21,6 +21,7 @@ EXPECTED_IMAGES = {
     "04b_bcm": 2,  # host map, comparison
     "05_attention_mmformer": 4,  # attention, proposals, self-alignment, prior (the two widgets are not images)
     "06_eftnet_query_finetuning": 3,  # rounds curve, one episode at round 0 and at the chosen round
+    "08_benchmark": 3,  # methods x shots, per-class heatmap, score vs time per query
 }
 
 
