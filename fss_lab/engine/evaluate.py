@@ -217,6 +217,23 @@ def fss_task_groups(method: Method, episodes: EpisodeList, query_items: Transfor
         yield TaskGroup(tasks, list(q_masks), list(range(start_index + start, start_index + start + len(chunk))))
 
 
+def fss_inputs(method: Method, episodes: EpisodeList, query_features, support_features,
+               batch_episodes: int) -> tuple[dict, dict]:
+    """Check an FSS evaluation's arguments and return its ``({level: query cache}, {level: support cache})``.
+
+    Raises:
+        ValueError: ``batch_episodes < 1``, or episodes with different shot or query counts.
+        UnsupportedTaskError: a method that does not handle 1-way tasks.
+    """
+    if batch_episodes < 1:
+        raise ValueError(f"batch_episodes must be >= 1, got {batch_episodes}")
+    if len({(len(e.support), len(e.query)) for e in episodes}) > 1:
+        raise ValueError("all episodes of one evaluation must have the same shot and query counts")
+    _require(method, LabelSpace.fss())
+    q_caches = level_caches(query_features, method)
+    return q_caches, q_caches if support_features is None else level_caches(support_features, method)
+
+
 @torch.no_grad()
 def evaluate_fss(method: Method, episodes: EpisodeList, query_items: TransformedItems,
                  support_items: TransformedItems, query_features, support_features=None, *,
@@ -246,13 +263,7 @@ def evaluate_fss(method: Method, episodes: EpisodeList, query_items: Transformed
         ValueError: episodes with different shot or query counts, or ``batch_episodes < 1``.
         UnsupportedTaskError: a method that does not handle 1-way tasks.
     """
-    if batch_episodes < 1:
-        raise ValueError(f"batch_episodes must be >= 1, got {batch_episodes}")
-    if len({(len(e.support), len(e.query)) for e in episodes}) > 1:
-        raise ValueError("all episodes of one evaluation must have the same shot and query counts")
-    _require(method, LabelSpace.fss())
-    q_caches = level_caches(query_features, method)
-    s_caches = q_caches if support_features is None else level_caches(support_features, method)
+    q_caches, s_caches = fss_inputs(method, episodes, query_features, support_features, batch_episodes)
     meter = FSSMeter(episodes.meta.get("classes") or episodes.class_ids)
     for c in q_caches.values():  # features of every image, computed once in full batches
         c.precompute(sorted({i for e in episodes for i in e.query}))

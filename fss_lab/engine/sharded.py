@@ -30,11 +30,10 @@ import torch
 from ..data.sampler import EpisodeList
 from ..metrics import FSSMeter, GFSSMeter, gfss_summary
 from ..methods.base import Method
-from ..methods.task import LabelSpace
 from ..progress import progress_bar
 from .distributed import SINGLE_PROCESS, DistributedContext
-from .evaluate import (SCORE_KEYS, Result, TaskGroup, _require, evaluate_tasks, fss_task_groups, gfss_task_groups,
-                       level_caches)
+from .evaluate import (SCORE_KEYS, Result, TaskGroup, _require, evaluate_tasks, fss_inputs, fss_task_groups,
+                       gfss_task_groups, level_caches)
 
 __all__ = ["shard_chunks", "evaluate_fss_sharded", "evaluate_gfss_sharded", "reduce_meter"]
 
@@ -77,14 +76,8 @@ def evaluate_fss_sharded(method: Method, episodes: EpisodeList, query_items, sup
         ValueError: episodes with different shot or query counts, ``batch_episodes < 1``.
         UnsupportedTaskError: a method that does not handle 1-way tasks.
     """
-    if batch_episodes < 1:
-        raise ValueError(f"batch_episodes must be >= 1, got {batch_episodes}")
-    if len({(len(e.support), len(e.query)) for e in episodes}) > 1:
-        raise ValueError("all episodes of one evaluation must have the same shot and query counts")
-    _require(method, LabelSpace.fss())
+    q_caches, s_caches = fss_inputs(method, episodes, query_features, support_features, batch_episodes)
     device = context.device if device is None else device
-    q_caches = level_caches(query_features, method)
-    s_caches = q_caches if support_features is None else level_caches(support_features, method)
     chunks = shard_chunks(len(episodes), batch_episodes, context)
     mine = [episodes[i] for r in chunks for i in r]
     for c in q_caches.values():

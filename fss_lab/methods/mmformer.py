@@ -54,6 +54,12 @@ class _ProposalMethod(Method):
         self.feature_levels = (*self.levels, proposal_level)
         self.task: Task | None = None
 
+    def _joined(self, task: Task) -> Task:
+        """The fitted support set with ``task``'s queries (one task for the network's stacked inputs)."""
+        sup = self.task
+        return Task(sup.support_features, sup.support_labels, task.query_features, sup.label_space, sup.shots,
+                    task.size)
+
     def fit(self, task: Task) -> "_ProposalMethod":
         """Store the support set (the matching is computed per query in :meth:`predict`)."""
         self.check_task(task)
@@ -237,10 +243,7 @@ class MMFormer(_ProposalMethod):
     def predict(self, task: Task) -> torch.Tensor:
         if self.task is None:
             raise NotFittedError("call fit(task) with a support set before predict()")
-        sup = self.task
-        joined = Task(sup.support_features, sup.support_labels, task.query_features, sup.label_space, sup.shots,
-                      task.size)
-        inputs = _stack_inputs([joined], self.levels, self.proposal_level)
+        inputs = _stack_inputs([self._joined(task)], self.levels, self.proposal_level)
         net = self.build_for(task)
         out, sim = net(inputs["query"], inputs["support"], inputs["masks"], inputs["proposals"], size=task.size)
         self.last_similarity = sim
@@ -348,10 +351,7 @@ class JointMMFormer(MMFormer):
     def predict(self, task: Task) -> torch.Tensor:
         if self.task is None:
             raise NotFittedError("call fit(task) with a support set before predict()")
-        sup = self.task
-        joined = Task(sup.support_features, sup.support_labels, task.query_features, sup.label_space, sup.shots,
-                      task.size)
-        inputs = _stack_inputs([joined], self.levels, None)
+        inputs = _stack_inputs([self._joined(task)], self.levels, None)
         with torch.no_grad():
             props = self.pos.eval()(*self._pos_inputs([task]))["pred_masks"].sigmoid()
         net = self.build_for(task)
