@@ -235,8 +235,8 @@ def test_eftnet_notebook_on_camvid():
     _check_eftnet_results(results)
 
 
-# heavy: not passing yet (every figure is shown twice: 6 images + 3 "<Figure size>" texts for 3) and its QUICK run
-# takes about 14 min on a loaded CPU (the fine-tuning methods and BCM dominate)
+# heavy: its QUICK run takes about 14 min on a loaded CPU (the fine-tuning methods and BCM dominate), and it has not
+# passed yet: its pyplot figures were shown twice (viz.show now closes them in pyplot; not re-run since)
 @pytest.mark.heavy
 @pytest.mark.notebook
 def test_benchmark_notebook_on_default_data():

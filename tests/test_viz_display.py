@@ -42,3 +42,18 @@ def test_in_a_shell_figures_render_as_png_and_show_emits_one_image():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_show_closes_a_pyplot_figure_so_the_inline_backend_does_not_show_it_again(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fss_lab.viz import show
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1])
+    assert plt.fignum_exists(fig.number)
+    show(fig, tmp_path / "f.png")
+    assert not plt.fignum_exists(fig.number) and (tmp_path / "f.png").is_file()
+    fig.savefig(tmp_path / "again.png")  # the Figure object is still usable

@@ -49,12 +49,18 @@ def show(fig: Figure, path: str | Path | None = None, dpi: int = 120, inline_dpi
     """Save ``fig`` to ``path`` (when given, at ``dpi``) and display it as an ``image/png`` output.
 
     Works in Jupyter, papermill runs and static HTML builds (the PNG is stored in the notebook); outside IPython
-    it only saves. Returns None, so nothing else is printed.
+    it only saves. A figure made with pyplot (``plt.subplots``) is closed in pyplot afterwards, so the inline
+    backend does not show it a second time at the end of the cell (the ``Figure`` object stays usable). Returns
+    None, so nothing else is printed.
     """
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:  # never import pyplot here (it picks a backend)
+        sys.modules["matplotlib.pyplot"].close(fig)
     try:
         from IPython import get_ipython
         from IPython.display import Image, display
