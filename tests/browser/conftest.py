@@ -55,6 +55,14 @@ class LabServer:
         """Absolute URL of ``path`` (e.g. ``lab/tree/x.ipynb``) with the token."""
         return f"http://127.0.0.1:{self.port}/{path}?token={self.token}"
 
+    def notebook_url(self, name: str) -> str:
+        """URL that opens ``name`` in a fresh Lab workspace of its own: Lab restores a workspace's open tabs, so in
+        the shared default workspace a notebook an earlier test opened came back as the current widget (and the
+        next test ran and waited on that one)."""
+        import uuid as _uuid
+
+        return self.url(f"lab/workspaces/t{_uuid.uuid4().hex[:12]}/tree/{name}")
+
     def stop(self) -> None:
         """Stop the server by its PID (SIGTERM, then SIGKILL); its kernels are in its process group."""
         if self.proc.poll() is None:

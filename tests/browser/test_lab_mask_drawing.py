@@ -56,7 +56,7 @@ def test_mask_drawing_widget_in_jupyterlab(lab, browser):
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     page_errors = []
     page.on("pageerror", lambda exc: page_errors.append(str(exc)))
-    page.goto(lab.url(f"lab/tree/{NAME}.ipynb"))
+    page.goto(lab.notebook_url(f"{NAME}.ipynb"))
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
                            " && window.jupyterapp.shell.currentWidget.sessionContext.session"

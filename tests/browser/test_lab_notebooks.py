@@ -24,7 +24,7 @@ NBSTRIPOUT_ARGS = ["--keep-id", "--extra-keys", "metadata.language_info"]
 
 def _run_all_and_save(page, lab, name: str) -> float:
     """Open ``name`` in Lab, run all cells, wait for the kernel to finish, save; return the seconds it took."""
-    page.goto(lab.url(f"lab/tree/{name}.ipynb"))
+    page.goto(lab.notebook_url(f"{name}.ipynb"))
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
                            " && window.jupyterapp.shell.currentWidget.sessionContext"
