@@ -105,13 +105,17 @@ class FSSExperiment:
         self._episodes: dict[int, EpisodeList] = {}
         self._level_caches: dict[tuple[str, str], FeatureCache] = {}
         self._train_items: TransformedItems | None = None
-        #: ``{level name: images -> [B, N, h, w] proposals}`` for levels named ``"proposals..."`` (default: SLIC).
+        #: ``{level name: images -> [B, N, h, w] proposals}`` for levels named ``"proposals..."`` (default: SLIC);
+        #: any other name registered here is a feature source too (``images -> [B, C, h, w]``, e.g. a POS's
+        #: context features, :class:`~fss_lab.models.mmformer.pos_training.POSContextExtractor`).
         self.proposal_sources: dict[str, torch.nn.Module] = {}
 
     def _cache(self, role: str, level: str, items: TransformedItems) -> FeatureCache:
         key = (role, level)
         if key not in self._level_caches:
-            if level.startswith(PROPOSAL_LEVEL):
+            if level in self.proposal_sources and not level.startswith(PROPOSAL_LEVEL):
+                extractor = self.proposal_sources[level]          # another registered feature source
+            elif level.startswith(PROPOSAL_LEVEL):
                 if level != PROPOSAL_LEVEL and level not in self.proposal_sources:
                     raise KeyError(f"no proposal source for the level {level!r}: register one first, e.g. "
                                    f"exp.proposal_sources[{level!r}] = ProposalExtractor(num_proposals=50) or a "

@@ -24,6 +24,10 @@ DICE_WEIGHT = 10.0
 CO_LOSS_WEIGHT = 6.0
 """``FEWSHOT_WEIGHT * 0.6`` (lambda_2 of the paper)."""
 REDUCTIONS = ("sum", "mean", "none")
+DICE_VARIANTS = ("official", "plain")
+"""Stage-2 Dice variants: ``"official"`` (through a second sigmoid, MM-Former's code) and ``"plain"`` (no second
+sigmoid: under the official one a blend that is the same negative constant everywhere scores better than a partial
+match of a small object, and a fresh matching MLP settles there: all background)."""
 
 
 def _shape(x: object) -> object:
@@ -157,18 +161,24 @@ def co_loss(similarity: torch.Tensor, proposals: torch.Tensor, labels: torch.Ten
 
 
 def mmformer_loss(output: torch.Tensor, similarity: torch.Tensor, proposals: torch.Tensor, labels: torch.Tensor,
-                  dice_weight: float = DICE_WEIGHT, co_weight: float = CO_LOSS_WEIGHT, ignore_index: int = 255
-                  ) -> dict[str, torch.Tensor]:
+                  dice_weight: float = DICE_WEIGHT, co_weight: float = CO_LOSS_WEIGHT, ignore_index: int = 255,
+                  dice: str = "official") -> dict[str, torch.Tensor]:
     """MM-Former's step-2 loss terms, weighted as the official code: ``{"fewshot_loss", "co_loss", "total"}``.
 
     Args:
         output: ``[B, 2, H, W]`` blended ``[bg, fg]`` at label size; similarity: ``[B, N]``; proposals:
             ``[B, N, h, w]``; labels: ``[B, H, W]``.
         dice_weight: 10. co_weight: 6.
+        dice: ``"official"`` (the second sigmoid, :func:`mmformer_dice_loss`) or ``"plain"`` (a variant: the same
+            squared-denominator Dice on ``[1 - fg, fg]`` as it is, ``apply_sigmoid=False``; its minimum is the exact
+            mask, so a constant negative blend no longer beats a partial match; see :data:`DICE_VARIANTS`).
 
     Returns:
         dict of scalars: ``fewshot_loss = 10 * L_M``, ``co_loss = 6 * L_co``, ``total`` their sum.
     """
-    dice = mmformer_dice_loss(output, labels, ignore_index=ignore_index) * dice_weight
+    if dice not in DICE_VARIANTS:
+        raise ValueError(f"mmformer_loss: dice must be one of {DICE_VARIANTS}, got {dice!r}")
+    dice_term = mmformer_dice_loss(output, labels, ignore_index=ignore_index, apply_sigmoid=dice == "official")
+    dice = dice_term * dice_weight
     rank = co_loss(similarity, proposals, labels, ignore_index=ignore_index) * co_weight
     return {"fewshot_loss": dice, "co_loss": rank, "total": dice + rank}

@@ -29,6 +29,8 @@ from .task import Task
 EMPTY_FLOOR = 1e-6
 #: Default backbone levels of the matching on EfficientNet-Lite0 (MM-Former: res5, res4, res3).
 MATCHING_LEVELS = ("s32", "s16", "s8")
+#: Starts of the matching MLP: PyTorch's default (official) or a training-free thresholding rule (a variant).
+MLP_INITS = ("official", "threshold")
 
 
 def _proposals(task: Task, level: str = PROPOSAL_LEVEL) -> torch.Tensor:
@@ -181,6 +183,13 @@ class MMFormer(_ProposalMethod):
             ``"nonparametric"``).
         proposal_level: the task level holding the proposals (``"proposals"``; another name lets one experiment
             hold several proposal sources, e.g. ``"proposals_pos"``).
+        dice: the Dice term: ``"official"`` (through a second sigmoid) or ``"plain"`` (a variant, no second
+            sigmoid; :data:`~fss_lab.losses.mmformer.DICE_VARIANTS`).
+        init: the matching MLP's start: ``"official"`` (PyTorch's default initialisation) or ``"threshold"`` (a
+            variant: it starts as a training-free rule, :meth:`~fss_lab.models.mmformer.mask_matching.MatchingMLP.
+            init_threshold`, keep the proposals whose cosine is ``init_offset`` above the mean (``"across"``) or
+            within ``init_offset`` of the best (``"per_proposal"``); ``init_offset=None``: 0.25 / 0.05).
+        init_scale: slope of that rule (10).
 
     Returns (``predict``): ``[Q, 2, H, W]`` ``[1 - fg, fg]`` with ``fg = sum_n w_n M_n`` (a blend, not logits; its
     argmax is the prediction). ``last_similarity`` / ``last_weights`` hold the ``[Q, N]`` cosines and matching
@@ -193,8 +202,17 @@ class MMFormer(_ProposalMethod):
     def __init__(self, levels: Sequence[str] = MATCHING_LEVELS, hidden_dim: int = 256, nhead: int = 4,
                  dim_feedforward: int = 512, num_layers: int = 2, min_size: int = 15, co_weight: float = 6.0,
                  seed: int = 0, mixing: str = "across", matching: str = "learned", self_align: bool = True,
-                 cross: str = "learned", dice_weight: float = 10.0, proposal_level: str = PROPOSAL_LEVEL):
+                 cross: str = "learned", dice_weight: float = 10.0, proposal_level: str = PROPOSAL_LEVEL,
+                 dice: str = "official", init: str = "official", init_offset: float | None = None,
+                 init_scale: float = 10.0):
         super().__init__(levels, proposal_level)
+        from ..losses.mmformer import DICE_VARIANTS
+        if dice not in DICE_VARIANTS:
+            raise ValueError(f"{self.name}: dice must be one of {DICE_VARIANTS}, got {dice!r}")
+        if init not in MLP_INITS:
+            raise ValueError(f"{self.name}: init must be one of {MLP_INITS}, got {init!r}")
+        self.dice, self.init, self.init_scale = dice, init, float(init_scale)
+        self.init_offset = None if init_offset is None else float(init_offset)
         self.alignment = dict(hidden_dim=hidden_dim, nhead=nhead, dim_feedforward=dim_feedforward,
                               num_layers=num_layers, min_size=min_size, self_align=bool(self_align), cross=cross)
         self.mixing, self.matching, self.dice_weight = mixing, matching, float(dice_weight)
@@ -217,11 +235,18 @@ class MMFormer(_ProposalMethod):
                 torch.manual_seed(self.seed)
                 self.network = MaskMatching(channels, n, mixing=self.mixing, matching=self.matching,
                                             **self.alignment)
+            self._init_mlp()
             self.network.eval()
         elif self.network.matching_mlp.num_proposals != n:
             raise ValueError(f"{self.name}: the matching MLP was built for {self.network.matching_mlp.num_proposals} "
                              f"proposals, this task has {n}; use the same proposal source and N")
         return self.network
+
+    def _init_mlp(self) -> None:
+        if self.init == "threshold":
+            offset = self.init_offset if self.init_offset is not None else \
+                (0.25 if self.mixing == "across" else 0.05)
+            self.network.matching_mlp.init_threshold(offset, self.init_scale, seed=self.seed)
 
     def meta_parameters(self) -> list:
         """The trainable parts (alignment block and matching MLP)."""
@@ -266,7 +291,7 @@ class MMFormer(_ProposalMethod):
         from ..losses.mmformer import mmformer_loss
         out, sim = outputs
         return mmformer_loss(out.float(), sim.float(), self._proposals, labels, dice_weight=self.dice_weight,
-                             co_weight=self.co_weight)
+                             co_weight=self.co_weight, dice=self.dice)
 
 class JointMMFormer(MMFormer):
     """MM-Former trained **jointly** (Tab. 3c's alternative to the two-stage strategy): the POS and the Mask Matching
@@ -309,6 +334,7 @@ class JointMMFormer(MMFormer):
                 torch.manual_seed(self.seed)
                 self.network = MaskMatching(channels, self.pos.num_queries, mixing=self.mixing,
                                             matching=self.matching, **self.alignment)
+            self._init_mlp()
             self.network.eval()
         return self.network
 
@@ -340,7 +366,7 @@ class JointMMFormer(MMFormer):
         from ..models.mmformer.potential_objects_segmenter import pos_set_loss
         out, sim, pos_out, props = outputs
         parts = mmformer_loss(out.float(), sim.float(), props.detach(), labels, dice_weight=self.dice_weight,
-                              co_weight=self.co_weight)
+                              co_weight=self.co_weight, dice=self.dice)
         h, w = props.shape[-2:]
         small = F.interpolate((labels == 1).float()[:, None], size=(h, w), mode="nearest")[:, 0]
         targets = [m[None] if m.any() else m.new_zeros(0, h, w) for m in small]

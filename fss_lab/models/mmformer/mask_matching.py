@@ -141,6 +141,47 @@ class MatchingMLP(nn.Module):
             self.fc1 = nn.Linear(3, hidden or 32)
             self.fc2 = nn.Linear(hidden or 32, 1)
 
+    @torch.no_grad()
+    def init_threshold(self, offset: float, scale: float = 10.0, seed: int = 0) -> "MatchingMLP":
+        """Start at a training-free thresholding rule instead of PyTorch's default initialisation (a variant).
+
+        ``"across"``: ``w_n = 0.5 + scale * (S_n - mean_m S_m - offset)`` (the mean over the N proposals is linear,
+        so the official MLP expresses it exactly: hidden units ``2n`` / ``2n+1`` carry ``relu(+-x_n)``); with
+        superpixels every pixel belongs to about one proposal, so the prediction ``fg > 0.5`` keeps the proposals
+        whose similarity is more than ``offset`` above the image's mean. ``"per_proposal"``: ``w_n = 0.5 + scale *
+        (S_n - max_m S_m + offset)``, i.e. the proposals within ``offset`` of the best one (``offset -> 0`` is the
+        heuristic pick). The hidden units the rule does not use keep small random weights (x0.01), so they train.
+
+        Args:
+            offset: threshold in cosine units (see above). scale: slope of the weights around the threshold.
+            seed: seed of the small random weights.
+
+        Returns:
+            ``self``.
+        """
+        if self.mixing == "across" and self.fc1.out_features < 2 * self.num_proposals:
+            raise ValueError(f"MatchingMLP.init_threshold: the rule needs a hidden width >= 2N = "
+                             f"{2 * self.num_proposals}; this MLP has {self.fc1.out_features}")
+        gen = torch.Generator().manual_seed(seed)
+        for lin in (self.fc1, self.fc2):
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * 0.01 / lin.weight.shape[1] ** 0.5)
+            lin.bias.zero_()
+        if self.mixing == "across":
+            n = self.num_proposals
+            centre = torch.eye(n) - 1.0 / n                              # x = S - mean(S) - offset
+            self.fc1.weight[0:2 * n:2] = centre
+            self.fc1.weight[1:2 * n:2] = -centre
+            self.fc1.bias[0:2 * n:2], self.fc1.bias[1:2 * n:2] = -offset, offset
+            self.fc2.weight[:, 0:2 * n:2] = scale * torch.eye(n)
+            self.fc2.weight[:, 1:2 * n:2] = -scale * torch.eye(n)
+            self.fc2.bias.fill_(0.5)
+        else:                                                             # inputs [S, S - max S, normalised]
+            self.fc1.weight[0], self.fc1.weight[1] = torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, -1.0, 0.0])
+            self.fc1.bias[0], self.fc1.bias[1] = offset, -offset
+            self.fc2.weight[0, 0], self.fc2.weight[0, 1] = scale, -scale
+            self.fc2.bias.fill_(0.5)
+        return self
+
     def forward(self, similarity: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` similarities -> ``[B, N]`` blending weights.
 

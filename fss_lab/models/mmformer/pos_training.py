@@ -221,5 +221,45 @@ class POSProposalExtractor(nn.Module):
         return self.pos(maps, feats[POS_MASK_LEVEL].float())["pred_masks"].sigmoid()
 
 
-__all__ = ["POSConfig", "POS_LEVELS", "POS_MASK_LEVEL", "POS_RESUME_KEYS", "pos_targets", "build_pos", "train_pos",
+class POSContextExtractor(nn.Module):
+    """A trained POS's **context features** as a feature source (MM-Former Tab. 3b: matching on the features after
+    the POS's context modelling instead of the backbone's): ``images [B, 3, H, W] -> [B, hidden_dim, h, w]``, the
+    pixel decoder's output at one of the three decoder levels.
+
+    The paper's POS has a multi-scale deformable-attention encoder there; this POS's pixel decoder is a small FPN
+    (:class:`~fss_lab.models.mmformer.potential_objects_segmenter.SimplePixelDecoder`): top-down context, no
+    attention. Register it under a level name that is not a backbone level and not ``"proposals..."``, e.g.
+    ``exp.proposal_sources["pos_ctx_s32"] = POSContextExtractor(pos, exp.backbone, "s32")``.
+
+    Args:
+        pos: the trained :class:`PotentialObjectsSegmenter` (frozen here).
+        backbone: its frozen backbone.
+        level: which decoder level, one of :data:`POS_LEVELS` (``"s32"``, ``"s16"``, ``"s8"``).
+
+    Raises:
+        ValueError: ``level`` not in :data:`POS_LEVELS`.
+    """
+
+    def __init__(self, pos: PotentialObjectsSegmenter, backbone: nn.Module, level: str):
+        super().__init__()
+        if level not in POS_LEVELS:
+            raise ValueError(f"POSContextExtractor: level must be one of {POS_LEVELS}, got {level!r}")
+        self.pos = pos.eval().requires_grad_(False)
+        self.backbone = backbone.eval().requires_grad_(False)
+        self.level = level
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.pos.parameters()).device
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, hidden_dim, h, w]`` pixel-decoder features at :attr:`level`."""
+        self.backbone.eval()
+        feats = self.backbone(images.to(self.device, torch.float32), levels=(*POS_LEVELS, POS_MASK_LEVEL))
+        multi, _ = self.pos.pixel_decoder([feats[lv].float() for lv in POS_LEVELS], feats[POS_MASK_LEVEL].float())
+        return multi[POS_LEVELS.index(self.level)]
+
+
+__all__ = ["POSContextExtractor", "POSConfig", "POS_LEVELS", "POS_MASK_LEVEL", "POS_RESUME_KEYS", "pos_targets", "build_pos", "train_pos",
            "POSProposalExtractor"]
