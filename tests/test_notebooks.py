@@ -182,6 +182,9 @@ def _check_attention_results(results):
         assert 0.0 <= row["mIoU"] <= 1.0
     for row in results["proposals"]:
         assert 0.0 <= row["heuristic"] <= row["oracle"] + 1e-9 <= 1.0 + 1e-9  # the oracle bounds a single pick
+    assert [r["features"] for r in results["features"]] == ["backbone", "POS context"]   # Tab. 3b
+    assert all(0.0 <= v <= 1.0 for r in results["features"] for k, v in r.items() if k != "features")
+    assert results["best_row"] in {r["row"] for r in results["ablation"] if r["trained"]}
 
 
 @pytest.mark.notebook
