@@ -87,3 +87,14 @@ def test_pos_context_extractor_gives_the_pixel_decoder_level():
     assert out.shape == (2, 8, 4, 4) and torch.allclose(out, multi[1])
     with pytest.raises(ValueError, match="level"):
         POSContextExtractor(pos, backbone, "s4")
+
+
+def test_plot_proposals_leaves_out_empty_padding_proposals():
+    from fss_lab.viz.attention import plot_proposals
+    props = torch.zeros(5, 8, 8)
+    props[0, :, :2], props[2, :, 4:] = 1, 1                             # proposals 1, 3, 4 are padding
+    coeff = torch.tensor([0.1, 0.9, 0.3, 0.5, 0.7])
+    fig = plot_proposals(torch.rand(3, 32, 32), props, coeff, torch.rand(5), max_shown=4)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title().startswith("#")]
+    assert [t.split()[0] for t in titles] == ["#2", "#0"]
+    assert "3 empty" in fig._suptitle.get_text()

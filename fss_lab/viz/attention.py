@@ -159,6 +159,10 @@ def attention_explorer(query_image, support_images: Sequence, shot_attention: Se
     return widgets.VBox([widgets.HBox([ys, xs]), widgets.HBox([ls, hs]), dr, image, status])
 
 
+EMPTY_PROPOSAL = 0.05
+"""A proposal whose largest value is below this is empty (padding) and left out of :func:`plot_proposals`."""
+
+
 def plot_proposals(query_image, proposals: torch.Tensor, coefficients: torch.Tensor, iou: torch.Tensor,
                    heuristic: torch.Tensor | None = None, learned: torch.Tensor | None = None,
                    oracle: torch.Tensor | None = None, max_shown: int = 12) -> Figure:
@@ -171,10 +175,13 @@ def plot_proposals(query_image, proposals: torch.Tensor, coefficients: torch.Ten
         heuristic / learned / oracle: foreground maps ``[H', W']`` in ``[0, 1]`` (any may be ``None``).
 
     Returns:
-        A Figure (two rows of panels).
+        A Figure (two rows of panels). Empty proposals (max below :data:`EMPTY_PROPOSAL`: the padding of a
+        superpixel set with fewer than N segments) are not shown; the title counts them.
     """
     q = image_to_hwc(query_image)
-    order = torch.argsort(coefficients.float(), descending=True)[:max_shown]
+    nonempty = proposals.detach().float().flatten(1).amax(1) > EMPTY_PROPOSAL
+    coef = torch.where(nonempty, coefficients.detach().float(), torch.tensor(float("-inf")))
+    order = torch.argsort(coef, descending=True)[:min(max_shown, int(nonempty.sum()))]
     finals = [(n, m) for n, m in (("heuristic pick", heuristic), ("learned blend", learned), ("oracle", oracle))
               if m is not None]
     cols = max(6, len(finals) + 1)
@@ -195,7 +202,9 @@ def plot_proposals(query_image, proposals: torch.Tensor, coefficients: torch.Ten
     for j, (name, m) in enumerate(finals, start=1):
         last[j].imshow(np.asarray(m.float().cpu()), cmap="gray", vmin=0, vmax=1)
         last[j].set_title(name, fontsize=9)
-    fig.suptitle("proposals sorted by matching coefficient", fontsize=10)
+    empty = int((~nonempty).sum())
+    fig.suptitle("proposals sorted by matching coefficient"
+                 + (f" ({empty} empty padding proposals not shown)" if empty else ""), fontsize=10)
     return fig
 
 
