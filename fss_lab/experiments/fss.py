@@ -24,6 +24,30 @@ from ..models.backbones import create_backbone
 from ..models.features import FeatureCache, FeatureExtractor
 from ..models.proposal_features import PROPOSAL_LEVEL, ProposalExtractor
 
+class _SiblingLevelCache(FeatureCache):
+    """A backbone level's cache whose misses are extracted in one backbone pass with the other backbone levels of
+    the same split (``siblings``, shared by them): multi-level learners (MM-Former, PFENet-style) read 2-4 levels of
+    every image, and one pass per level ran the backbone and loaded the image that many times. Each sibling gets
+    only the items it lacks; features equal a single-level :class:`~fss_lab.models.features.FeatureExtractor`'s."""
+
+    def __init__(self, extractor: FeatureExtractor, load_image, siblings: dict[str, FeatureCache], **kwargs):
+        super().__init__(extractor, load_image, **kwargs)
+        self.siblings = siblings
+
+    @torch.no_grad()
+    def _extract(self, group: list[tuple[int, torch.Tensor]]) -> int:
+        levels = tuple(self.siblings)
+        images = torch.stack([img for _, img in group])
+        backbone = self.extractor.backbone
+        backbone.check_input(images, f"FeatureExtractor({backbone.name})")
+        maps = backbone(images.to(self.extractor.device, torch.float32), levels=levels)
+        for level, cache in self.siblings.items():
+            rows = [k for k, (i, _) in enumerate(group) if i not in cache or cache is self]
+            if rows:
+                cache._store_features([group[k] for k in rows], maps[level][rows].float())
+        return len(group)
+
+
 @dataclass
 class FSSConfig:
     """One FSS experiment. ``None`` fields take the dataset's defaults (:data:`fss_lab.data.DATASET_DEFAULTS`).
@@ -104,6 +128,7 @@ class FSSExperiment:
                                               image_id=self.support_dataset.image_id)
         self._episodes: dict[int, EpisodeList] = {}
         self._level_caches: dict[tuple[str, str], FeatureCache] = {}
+        self._backbone_levels: dict[str, dict[str, FeatureCache]] = {}   # role -> {backbone level: cache}
         self._train_items: TransformedItems | None = None
         #: ``{level name: images -> [B, N, h, w] proposals}`` for levels named ``"proposals..."`` (default: SLIC);
         #: any other name registered here is a feature source too (``images -> [B, C, h, w]``, e.g. a POS's
@@ -123,6 +148,12 @@ class FSSExperiment:
                 extractor = self.proposal_sources.get(level) or ProposalExtractor()
             else:
                 extractor = FeatureExtractor(self.backbone, levels=(level,), device=self.device)
+                siblings = self._backbone_levels.setdefault(role, {})
+                cache = _SiblingLevelCache(extractor, items.image, siblings, image_id=items.dataset.image_id,
+                                           key=f"{items.key}/{self.config.backbone}:{level}")
+                siblings[level] = cache
+                self._level_caches[key] = cache
+                return cache
             self._level_caches[key] = FeatureCache(extractor, items.image, image_id=items.dataset.image_id,
                                                    key=f"{items.key}/{self.config.backbone}:{level}")
         return self._level_caches[key]
