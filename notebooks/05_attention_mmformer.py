@@ -444,8 +444,8 @@ for k in SHOTS:
     c = table[k]
     for label in ("mmformer", "mmformer (best row of (a))"):
         lines.append(f"(e) {k}-shot {label} {pct(c[label])} vs pfenet-meta {pct(c['pfenet-meta'])} vs prototype "
-                     f"{pct(c['prototype'])} -> " + ("MM-Former is best" if c[label] > max(c["pfenet-meta"], c["prototype"])
-                                                     else "MM-Former is not the best here")
+                     f"{pct(c['prototype'])} -> " + ("MM-Former beats both" if c[label] > max(c["pfenet-meta"], c["prototype"])
+                                                     else "MM-Former does not beat both here")
                      + f"; vs the heuristic pick {pct(c['mmformer-heuristic'])}: "
                      + ("the learned matching wins" if c[label] > c["mmformer-heuristic"] else "the heuristic pick wins"))
 print("\n".join(lines))

@@ -214,8 +214,8 @@ def test_eftnet_notebook_on_default_data():
     _check_eftnet_results(results)
 
 
-# heavy: never run yet at CI scale (MM-Former stages 1 and 2 and SLIC over the CamVid training split)
-@pytest.mark.heavy
+# about 6.5 min on a lightly loaded 2-core CPU with nothing cached (its QUICK run trains 60 stage-2 / 50 stage-1
+# steps on 40 episodes; it also meta-trains the CamVid PFENet learner for (e), a checkpoint notebook 06 can share)
 @pytest.mark.notebook
 @pytest.mark.camvid
 def test_attention_mmformer_notebook_on_camvid():
