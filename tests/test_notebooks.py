@@ -271,3 +271,17 @@ def _check_benchmark_results(results):
             total = r["fit_s_per_run"] * r["runs"] + r["predict_ms_per_query"] * r["queries"] / 1e3
             assert abs(total - r["ms_per_query"] * r["queries"] / 1e3) < 1e-6
     assert results["verdicts"] and all(v["held"] in (True, False, None) for v in results["verdicts"])
+
+
+# heavy: on CamVid it needs the CamVid base model ("background" policy, which no CI notebook trains: 208 s) and the
+# QUICK PFENet-style and MM-Former learners of CamVid (310 s + 210 s; notebooks 05 / 06 on CamVid are heavy too), about
+# 12 min of training before its own 2.9 min (measured on the shared 2-core CPU, load 3-5)
+@pytest.mark.heavy
+@pytest.mark.notebook
+@pytest.mark.camvid
+def test_benchmark_notebook_on_camvid():
+    root = camvid_root()
+    executed, results = run_notebook("08_benchmark", "benchmark_camvid",
+                                     {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root)})
+    assert_shows_figures(executed, "08_benchmark")
+    _check_benchmark_results(results)
