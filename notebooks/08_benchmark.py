@@ -110,8 +110,9 @@ print(f"fss_lab {fss_lab.__version__} · torch {torch.__version__} · QUICK={QUI
 # The list comes from the registry (`list_methods("fss")`, `list_methods("gfss")`), so a method added to fss_lab
 # appears here without editing the notebook. Most are built with `create_method(name)`; the few that need a model
 # are built by a small factory table: the GFSS methods take the frozen base model, the meta-learners come from
-# `meta_learner(name, exp, quick=QUICK)` (trained once, then reloaded). The methods this benchmark expects but the
-# build lacks are listed as *not in this build*.
+# `meta_learner(name, exp, quick=QUICK)` (trained once, then reloaded), and EFTNet wraps that same PFENet-style
+# meta-learner (`EFTNet(learner)`: test-time fine-tuning of a copy per query). The methods this benchmark expects
+# but the build lacks are listed as *not in this build*.
 
 # %%
 EXPECTED = {"fss": ["prototype", "repri", "binary-ft", "pfenet-prior", "pfenet-meta", "mmformer", "mmformer-heuristic",
