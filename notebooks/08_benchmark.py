@@ -49,7 +49,10 @@
 # 4. DIaM's novel mIoU beats the fine-tuning baselines' with the base mIoU kept (DIaM Table 1), and BCM improves
 #    on DIaM's novel mIoU (BCM README);
 # 5. transductive / test-time-optimising methods cost one to three orders of magnitude more per query than
-#    training-free ones.
+#    training-free ones;
+# 6. EFTNet's test-time fine-tuning improves the meta-trained model it wraps (EFTNet, on MSANet);
+# 7. seed 002's background-aware fine-tuning beats the training-free GFSS prototype on novel classes, on its own
+#    1-novel-class episodes.
 
 # %% tags=["parameters"]
 DEVICE = "auto"
@@ -529,6 +532,17 @@ if len(bench):
         to = t[t.index.get_level_values(1).isin(opt)].median()
         verdict("5. test-time-optimising methods cost >= 10x more per query than training-free ones", to / tf >= 10,
                 f"median {to:.1f} ms vs {tf:.1f} ms per query ({to / tf:.0f}x)")
+for k in SHOTS:
+    ef, pm = score("fss", "eftnet", k, "mIoU"), score("fss", "pfenet-meta", k, "mIoU")
+    verdict(f"6. EFTNet improves the PFENet-style meta-learner it wraps ({k}-shot)",
+            None if None in (ef, pm) else ef > pm,
+            "did not run" if None in (ef, pm) else f"{pct(ef)} vs {pct(pm)} mIoU"
+            + (" (a meta-learner this weak gives poor pseudo labels to tune on)" if pm < 0.1 else ""))
+for k in SHOTS:
+    ba, gp = score("gfss-episodes", "background-aware-ft", k, "novel"), score("gfss-episodes", "gfss-prototype", k,
+                                                                              "novel")
+    verdict(f"7. background-aware fine-tuning beats the GFSS prototype on seed 002's episodes ({k}-shot, novel)",
+            None if None in (ba, gp) else ba > gp, "did not run" if None in (ba, gp) else f"{pct(ba)} vs {pct(gp)}")
 
 # %%
 _ = RUN.write_results({
