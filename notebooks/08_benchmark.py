@@ -508,7 +508,9 @@ if len(SHOTS) >= 2 and len(bench):
             f"{int(better.sum())} of {len(better)}; not: "
             f"{[f'{sp} {m}' for (sp, m), b in better.items() if not b] or 'none'}"
             + (f" (QUICK: {N_EPISODES} episodes, {N_RUNS} run(s) of {MAX_QUERIES} queries: differences of a few "
-               "points are within the sampling noise)" if QUICK else ""))
+               "points are within the sampling noise)" if QUICK else "")
+            + ("; the GFSS runs of the two shot counts score different query samples" if gfss_exp is not None and
+               any(set(a.query) != set(b.query) for a, b in zip(gfss_exp.runs(lo), gfss_exp.runs(hi))) else ""))
 for k in SHOTS:
     d, fts = score("gfss", "diam", k, "novel"), [score("gfss", m, k, "novel") for m in
                                                   ("finetune-last-layer", "finetune-all-after-backbone")]
