@@ -1,5 +1,7 @@
 """fss_lab.experiments.meta: one checkpoint per meta-trained model, reused by the next notebook; the support
 layer-4 memo of the PFENet-style learner gives the same inputs as computing them afresh."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -84,3 +86,13 @@ def test_meta_learner_builds_trains_and_reloads_by_name(exp, tmp_path):
     assert a._backbone is exp.backbone and len(list(tmp_path.glob("*.pt"))) == 1 and h2.steps == h1.steps
     with pytest.raises(TypeError, match="takes"):
         meta_learner("pfenet-meta", exp, recipe=recipe, cache_dir=tmp_path, progress=False, width=3)
+
+
+def test_per_dataset_recipe_updates_the_learner_entry():
+    # CamVid's QUICK PFENet-style recipe changes the step count only; other datasets get the learner's entry
+    camvid = episodic_recipe("pfenet-meta", dataset="camvid")
+    plain = episodic_recipe("pfenet-meta")
+    assert camvid.iterations == 200 and plain.iterations == 800
+    assert dataclasses.replace(camvid, iterations=800) == plain
+    assert episodic_recipe("pfenet-meta", dataset="synthetic") == plain
+    assert episodic_recipe("pfenet-meta", quick=False, dataset="camvid") == episodic_recipe("pfenet-meta", quick=False)

@@ -143,12 +143,18 @@ class FSSExperiment:
 
     def train_split(self, levels: Sequence[str]) -> tuple[TransformedItems, dict[str, FeatureCache]]:
         """The training split through the experiment's transform and one cache per level, for episodic
-        meta-training on base classes (:func:`fss_lab.engine.episodic.train_episodic`)."""
+        meta-training on base classes (:func:`fss_lab.engine.episodic.train_episodic`). Where the supports already
+        come from the training split (``cross_group``: CamVid), these are the support items and caches, so each
+        training image's features are extracted once."""
         if self._train_items is None:
-            ds = self.support_dataset if self.support_dataset.split == "train" else \
-                create_dataset(self.config.dataset, self.config.data_root, split="train", **self.config.dataset_kwargs)
-            self._train_items = TransformedItems(ds, self.transform)
-        return self._train_items, {lv: self._cache("train", lv, self._train_items) for lv in levels}
+            if self.support_dataset.split == "train":  # cross-group supports: the same items and features
+                self._train_items = self.support_items
+            else:
+                ds = create_dataset(self.config.dataset, self.config.data_root, split="train",
+                                    **self.config.dataset_kwargs)
+                self._train_items = TransformedItems(ds, self.transform)
+        role = "support" if self._train_items is self.support_items else "train"
+        return self._train_items, {lv: self._cache(role, lv, self._train_items) for lv in levels}
 
     @property
     def class_names(self) -> tuple[str, ...]:
