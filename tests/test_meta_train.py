@@ -96,3 +96,25 @@ def test_per_dataset_recipe_updates_the_learner_entry():
     assert dataclasses.replace(camvid, iterations=800) == plain
     assert episodic_recipe("pfenet-meta", dataset="synthetic") == plain
     assert episodic_recipe("pfenet-meta", quick=False, dataset="camvid") == episodic_recipe("pfenet-meta", quick=False)
+
+
+def test_level_caches_share_one_backbone_pass_and_equal_separate_extraction():
+    from fss_lab.models.features import FeatureExtractor
+    torch.manual_seed(0)
+    backbone = create_backbone("efficientnet_lite0", weights=None).eval()
+    exp = FSSExperiment(FSSConfig(dataset="synthetic", dataset_kwargs={"image_size": 64, "n_images": 12},
+                                  image_size=(64, 64), n_episodes=3, min_area=16, device="cpu"), backbone=backbone)
+    calls = []
+    hook = backbone.conv_stem.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    try:
+        q, _ = exp.level_caches(("s16", "s32"))
+        n = len(exp.query_items)
+        for c in q.values():
+            c.precompute(range(n))
+    finally:
+        hook.remove()
+    assert sum(calls) == n  # one pass per image for both levels, not two
+    images = torch.stack([exp.query_items.image(i) for i in range(n)])
+    for lv, cache in q.items():
+        alone = FeatureExtractor(backbone, levels=(lv,), device="cpu")(images)
+        assert torch.equal(cache.get(list(range(n))), alone)
