@@ -92,10 +92,14 @@ def test_per_dataset_recipe_updates_the_learner_entry():
     # CamVid's QUICK PFENet-style recipe changes the step count only; other datasets get the learner's entry
     camvid = episodic_recipe("pfenet-meta", dataset="camvid")
     plain = episodic_recipe("pfenet-meta")
-    assert camvid.iterations == 200 and plain.iterations == 800
+    assert camvid.iterations == 400 and plain.iterations == 800
     assert dataclasses.replace(camvid, iterations=800) == plain
     assert episodic_recipe("pfenet-meta", dataset="synthetic") == plain
     assert episodic_recipe("pfenet-meta", quick=False, dataset="camvid") == episodic_recipe("pfenet-meta", quick=False)
+    from fss_lab.experiments.meta import QUICK_LEARNERS, _entry
+    assert _entry(QUICK_LEARNERS, "pfenet-meta", "camvid") == {**QUICK_LEARNERS["pfenet-meta"],
+                                                                "fem_level": "s16_expanded"}
+    assert _entry(QUICK_LEARNERS, "pfenet-meta", "synthetic") == QUICK_LEARNERS["pfenet-meta"]
 
 
 def test_level_caches_share_one_backbone_pass_and_equal_separate_extraction():
