@@ -223,7 +223,8 @@ def test_attention_mmformer_notebook_on_camvid():
     _check_attention_results(results)
 
 
-# trains CamVid's QUICK PFENet-style learner (200 steps) unless notebook 05 or 08 already did: the same checkpoint
+# trains CamVid's QUICK PFENet-style learner (400 steps, about 4 min in all under load) unless notebook 05 or 08
+# already did: they ask for the same checkpoint
 @pytest.mark.notebook
 @pytest.mark.camvid
 def test_eftnet_notebook_on_camvid():
