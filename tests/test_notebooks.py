@@ -223,8 +223,8 @@ def test_attention_mmformer_notebook_on_camvid():
     _check_attention_results(results)
 
 
-# heavy: meta-trains the CamVid PFENet learner (about 25 min under load; the QUICK recipe reaches only 2.9 % there)
-@pytest.mark.heavy
+# trains CamVid's QUICK PFENet-style learner (400 steps, about 4 min in all under load) unless notebook 05 or 08
+# already did: they ask for the same checkpoint
 @pytest.mark.notebook
 @pytest.mark.camvid
 def test_eftnet_notebook_on_camvid():
@@ -233,6 +233,9 @@ def test_eftnet_notebook_on_camvid():
                                      {"QUICK": True, "DATASET": "camvid", "DATA_ROOT": str(root)})
     assert_shows_figures(executed, "06_eftnet_query_finetuning")
     _check_eftnet_results(results)
+    same, other = results["videos"]  # (b): each headline episode paired with a same-video twin
+    assert same["supports"] == "same video" and other["episodes"] == same["episodes"] > 0
+    assert "helps_more_across_videos" in results["verdicts"]
 
 
 # after the other notebook tests: it reuses notebook 04's base model and notebook 05/06's meta-trained learners
