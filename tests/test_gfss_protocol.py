@@ -186,3 +186,17 @@ def test_novel_only_drops_the_base_shots(ds):
     assert novel.support == run.support[:4] and novel.support_classes == (1, 1, 2, 2) and novel.base_shots == 0
     assert novel.support_ids == run.support_ids[:4] and novel.query == run.query and novel.shots == run.shots
     assert novel.novel_only() == novel
+
+
+@pytest.mark.filterwarnings("ignore:fold 0. fewer support images")
+def test_query_subset_does_not_depend_on_the_shots(ds):
+    # supports from another split: the 1- and 5-shot runs of a seed score the same max_queries queries, so a
+    # comparison across shots is not a comparison across query samples
+    train = ToyDataset(LAYOUT, split="train")
+    one = gfss_runs(ds, 0, 1, n_runs=2, support_dataset=train, max_queries=4)
+    five = gfss_runs(ds, 0, 5, n_runs=2, support_dataset=train, max_queries=4)
+    assert [r.query for r in one] == [r.query for r in five]
+    assert all(len(r.query) == 4 for r in [*one, *five])
+    # same split: the supports are left out, the rest of the subset stays in the shared order
+    same1, same5 = gfss_runs(ds, 0, 1, n_runs=1, max_queries=3)[0], gfss_runs(ds, 0, 2, n_runs=1, max_queries=3)[0]
+    assert not set(same1.support) & set(same1.query) and not set(same5.support) & set(same5.query)

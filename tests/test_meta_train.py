@@ -1,5 +1,7 @@
 """fss_lab.experiments.meta: one checkpoint per meta-trained model, reused by the next notebook; the support
 layer-4 memo of the PFENet-style learner gives the same inputs as computing them afresh."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -84,3 +86,39 @@ def test_meta_learner_builds_trains_and_reloads_by_name(exp, tmp_path):
     assert a._backbone is exp.backbone and len(list(tmp_path.glob("*.pt"))) == 1 and h2.steps == h1.steps
     with pytest.raises(TypeError, match="takes"):
         meta_learner("pfenet-meta", exp, recipe=recipe, cache_dir=tmp_path, progress=False, width=3)
+
+
+def test_per_dataset_recipe_updates_the_learner_entry():
+    # CamVid's QUICK PFENet-style recipe changes the step count only; other datasets get the learner's entry
+    camvid = episodic_recipe("pfenet-meta", dataset="camvid")
+    plain = episodic_recipe("pfenet-meta")
+    assert camvid.iterations == 400 and plain.iterations == 800
+    assert dataclasses.replace(camvid, iterations=800) == plain
+    assert episodic_recipe("pfenet-meta", dataset="synthetic") == plain
+    assert episodic_recipe("pfenet-meta", quick=False, dataset="camvid") == episodic_recipe("pfenet-meta", quick=False)
+    from fss_lab.experiments.meta import QUICK_LEARNERS, _entry
+    assert _entry(QUICK_LEARNERS, "pfenet-meta", "camvid") == {**QUICK_LEARNERS["pfenet-meta"],
+                                                                "fem_level": "s16_expanded"}
+    assert _entry(QUICK_LEARNERS, "pfenet-meta", "synthetic") == QUICK_LEARNERS["pfenet-meta"]
+
+
+def test_level_caches_share_one_backbone_pass_and_equal_separate_extraction():
+    from fss_lab.models.features import FeatureExtractor
+    torch.manual_seed(0)
+    backbone = create_backbone("efficientnet_lite0", weights=None).eval()
+    exp = FSSExperiment(FSSConfig(dataset="synthetic", dataset_kwargs={"image_size": 64, "n_images": 12},
+                                  image_size=(64, 64), n_episodes=3, min_area=16, device="cpu"), backbone=backbone)
+    calls = []
+    hook = backbone.conv_stem.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    try:
+        q, _ = exp.level_caches(("s16", "s32"))
+        n = len(exp.query_items)
+        for c in q.values():
+            c.precompute(range(n))
+    finally:
+        hook.remove()
+    assert sum(calls) == n  # one pass per image for both levels, not two
+    images = torch.stack([exp.query_items.image(i) for i in range(n)])
+    for lv, cache in q.items():
+        alone = FeatureExtractor(backbone, levels=(lv,), device="cpu")(images)
+        assert torch.equal(cache.get(list(range(n))), alone)

@@ -99,18 +99,3 @@ def test_plot_proposals_leaves_out_empty_padding_proposals():
     assert [t.split()[0] for t in titles] == ["#2", "#0"]
     assert "3 empty" in fig._suptitle.get_text()
 
-
-def test_backbone_level_caches_share_one_pass_and_equal_single_level_features():
-    from fss_lab.experiments.fss import FSSConfig, FSSExperiment
-    from fss_lab.models.features import FeatureExtractor
-    exp = FSSExperiment(FSSConfig(dataset="synthetic", fold=0, shots=(1,), n_episodes=2, levels=("s16",), seed=0,
-                                  device="cpu"))
-    q, _ = exp.level_caches(("s32", "s16"))
-    a = q["s32"].get([0, 3])
-    assert 0 in q["s16"] and 3 in q["s16"]                              # filled by the same backbone pass
-    img = torch.stack([exp.query_items.image(i) for i in (0, 3)])
-    for lv, got in (("s32", a), ("s16", q["s16"].get([0, 3]))):
-        assert torch.allclose(got, FeatureExtractor(exp.backbone, levels=(lv,))(img), atol=1e-5)
-    assert q["s16"].hits == 2
-    late, _ = exp.level_caches(("s8",))                                 # a level added later gets its own items
-    assert late["s8"].get([0]).shape[1] == exp.backbone.levels["s8"][0]

@@ -141,3 +141,29 @@ def test_real_two_by_two_sweep_of_the_quickstart(tmp_path):
     assert set(t["backbone"]) == {"efficientnet_lite0"} and set(t["protocol"]) == {"same_split"}
     assert t["miou"].between(0, 1).all() and t["git_revision"].notna().all()
     assert run_sweep(spec, progress=False).ran == []
+
+
+def test_committed_sweep_specs_list_their_combinations(tmp_path):
+    # bench/SWEEPS.md's commands: the CamVid CPU sweep is 2 folds x 5 seeds, the PASCAL GPU sweep 4 folds x 5 seeds
+    for name, n in (("camvid_cpu", 10), ("pascal_gpu", 20)):
+        spec = load_spec(REPO / "bench" / "sweeps" / f"{name}.yaml")
+        combos = combinations({**spec, "output": str(tmp_path / name)})
+        assert len(combos) == n and {c.parameters["QUICK"] for c in combos} == {False}
+        assert all(Path(c.notebook).name == "08_benchmark.ipynb" for c in combos)
+
+
+def test_sweep_cost_estimate_splits_fit_and_predict():
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("sweep_costs", REPO / "bench" / "sweep_costs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    t = pd.DataFrame([{"space": "fss", "method": "a", "shots": 1, "ms_per_query": 100.0},
+                      {"space": "gfss", "method": "b", "shots": 1, "ms_per_query": 1100.0, "fit_s_per_run": 6.0,
+                       "predict_ms_per_query": 100.0},
+                      {"space": "gfss", "method": "c", "shots": 1, "ms_per_query": 50.0}])
+    h = mod.estimate(t, episodes=1000, seeds=1, folds=2, gfss_queries=100, gfss_runs=5)["hours"] * 3600
+    # FSS: 0.1 s x 1000 episodes x 2 folds; inductive GFSS: (6 s + 100 x 0.1 s) x 5 runs x 2 folds; else per query
+    assert list(h.round(6)) == [200.0, 160.0, 50.0]

@@ -51,6 +51,8 @@ PROTOCOLS = ("diam", "gfs-seg")
 DIAM_MIN_AREA = 16 * 32 * 32
 REFERENCE_SIZE = (417, 417)
 BASE_PIXELS = ("background", "keep")
+#: Third entry of the seed of the query-subset generator (``max_queries``), apart from the support draw's.
+QUERY_SUBSET_STREAM = 1
 
 
 def scaled_min_area(height: int, width: int, min_area: int = DIAM_MIN_AREA,
@@ -203,7 +205,9 @@ def gfss_runs(
         cross_group: keep supports and queries in different groups (``dataset.group``, e.g. CamVid videos): with
             one dataset, queries sharing a group with a support are dropped; with two, support candidates from
             groups present among the queries are excluded.
-        max_queries: keep a seeded random subset of this many queries (DIaM's COCO setting: 10,000).
+        max_queries: keep a seeded random subset of this many queries (DIaM's COCO setting: 10,000), drawn with
+            ``default_rng([seed, r, QUERY_SUBSET_STREAM])`` apart from the supports, so runs that differ only in
+            ``shots`` score the same queries (where the supports come from another split).
 
     Returns:
         :class:`GFSSRuns`; ``meta`` records the arguments, candidate counts per class and repeated classes.
@@ -309,7 +313,10 @@ def _one_run(dataset, sup, cmap, fold, shots, base_shots, protocol, seed, r, wan
         taken |= {i for i in pool if dataset.group(i) in groups}
     query = [i for i in pool if i not in taken]
     if max_queries is not None and len(query) > max_queries:
-        query = sorted(int(i) for i in rng.choice(np.array(query), size=max_queries, replace=False))
+        # the subset has its own generator, so it does not depend on the support draw: the 1- and 5-shot runs of a
+        # seed score the same queries (all of them when the supports come from another split)
+        order = np.random.default_rng([seed, r, QUERY_SUBSET_STREAM]).permutation(np.array(pool, dtype=np.int64))
+        query = sorted([int(i) for i in order if int(i) not in taken][:max_queries])
     if not query:
         raise DatasetError(f"{dataset.name}/{dataset.split} fold {fold}: no query image left after removing the "
                            "supports; use more images, cross_group=False, or supports from another split")

@@ -7,6 +7,8 @@ features, and every method sees the same seeded episodes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -20,33 +22,9 @@ from ..data.episodic import EpisodeDataset
 from ..engine.device import resolve_device
 from ..engine.evaluate import Result, evaluate_fss
 from ..methods.base import Method
-from ..models.backbones import create_backbone
+from ..models.backbones import Backbone, create_backbone
 from ..models.features import FeatureCache, FeatureExtractor
 from ..models.proposal_features import PROPOSAL_LEVEL, ProposalExtractor
-
-class _SiblingLevelCache(FeatureCache):
-    """A backbone level's cache whose misses are extracted in one backbone pass with the other backbone levels of
-    the same split (``siblings``, shared by them): multi-level learners (MM-Former, PFENet-style) read 2-4 levels of
-    every image, and one pass per level ran the backbone and loaded the image that many times. Each sibling gets
-    only the items it lacks; features equal a single-level :class:`~fss_lab.models.features.FeatureExtractor`'s."""
-
-    def __init__(self, extractor: FeatureExtractor, load_image, siblings: dict[str, FeatureCache], **kwargs):
-        super().__init__(extractor, load_image, **kwargs)
-        self.siblings = siblings
-
-    @torch.no_grad()
-    def _extract(self, group: list[tuple[int, torch.Tensor]]) -> int:
-        levels = tuple(self.siblings)
-        images = torch.stack([img for _, img in group])
-        backbone = self.extractor.backbone
-        backbone.check_input(images, f"FeatureExtractor({backbone.name})")
-        maps = backbone(images.to(self.extractor.device, torch.float32), levels=levels)
-        for level, cache in self.siblings.items():
-            rows = [k for k, (i, _) in enumerate(group) if i not in cache or cache is self]
-            if rows:
-                cache._store_features([group[k] for k in rows], maps[level][rows].float())
-        return len(group)
-
 
 @dataclass
 class FSSConfig:
@@ -98,6 +76,57 @@ class FSSConfig:
         return out
 
 
+class _LevelSharing:
+    """One backbone pass for every level of one item set: the first level cache that meets a batch of images
+    extracts all the set's registered levels at once and keeps the others until their caches ask for the same
+    batch (caches of one set precompute the same indices in the same batches; a batch is recognised by a hash of
+    its pixels). Features are identical to separate passes (the same modules on the same images); unclaimed
+    features beyond ``max_bytes`` are dropped, oldest first (their cache then runs its own pass)."""
+
+    def __init__(self, backbone: torch.nn.Module, device, max_bytes: int = 128 * 2**20):
+        self.backbone, self.device, self.max_bytes = backbone, device, int(max_bytes)
+        self.levels: list[str] = []
+        self._pending: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+
+    def extractor(self, level: str) -> FeatureExtractor:
+        if level not in self.levels:
+            self.levels.append(level)
+        return _SharedLevelExtractor(self, level)
+
+    def features(self, level: str, images: torch.Tensor) -> torch.Tensor:
+        key = hashlib.blake2b(images.detach().contiguous().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+        kept = self._pending.get(key)
+        if kept is not None and level in kept:
+            out = kept.pop(level)
+            if not kept:
+                del self._pending[key]
+            return out
+        levels = [lv for lv in self.levels if lv == level or kept is None or lv not in kept]
+        with torch.no_grad():
+            maps = self.backbone(images.to(self.device, torch.float32), levels=tuple(levels))
+        others = {lv: maps[lv].float() for lv in levels if lv != level}
+        if others:
+            self._pending.setdefault(key, {}).update(others)
+            size = lambda d: sum(t.numel() * t.element_size() for t in d.values())  # noqa: E731
+            while self._pending and sum(size(d) for d in self._pending.values()) > self.max_bytes:
+                self._pending.popitem(last=False)
+        return maps[level].float()
+
+
+class _SharedLevelExtractor(FeatureExtractor):
+    """A one-level :class:`~fss_lab.models.features.FeatureExtractor` whose backbone passes are shared with the
+    other levels of its :class:`_LevelSharing` (same output: float32 ``[B, C, h, w]`` of that level)."""
+
+    def __init__(self, sharing: _LevelSharing, level: str):
+        super().__init__(sharing.backbone, levels=(level,), device=sharing.device)
+        self._sharing = sharing
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        Backbone.check_input(images, f"FeatureExtractor({self.backbone.name})")
+        return self._sharing.features(self.levels[0], images)
+
+
 class FSSExperiment:
     """Datasets + transform + frozen features + episodes for one :class:`FSSConfig`.
 
@@ -128,7 +157,7 @@ class FSSExperiment:
                                               image_id=self.support_dataset.image_id)
         self._episodes: dict[int, EpisodeList] = {}
         self._level_caches: dict[tuple[str, str], FeatureCache] = {}
-        self._backbone_levels: dict[str, dict[str, FeatureCache]] = {}   # role -> {backbone level: cache}
+        self._sharing: dict[str, _LevelSharing] = {}  # one backbone pass for all levels of an item set
         self._train_items: TransformedItems | None = None
         #: ``{level name: images -> [B, N, h, w] proposals}`` for levels named ``"proposals..."`` (default: SLIC);
         #: any other name registered here is a feature source too (``images -> [B, C, h, w]``, e.g. a POS's
@@ -147,13 +176,8 @@ class FSSExperiment:
                                    f"POSProposalExtractor; registered: {sorted(self.proposal_sources)}")
                 extractor = self.proposal_sources.get(level) or ProposalExtractor()
             else:
-                extractor = FeatureExtractor(self.backbone, levels=(level,), device=self.device)
-                siblings = self._backbone_levels.setdefault(role, {})
-                cache = _SiblingLevelCache(extractor, items.image, siblings, image_id=items.dataset.image_id,
-                                           key=f"{items.key}/{self.config.backbone}:{level}")
-                siblings[level] = cache
-                self._level_caches[key] = cache
-                return cache
+                sharing = self._sharing.setdefault(items.key, _LevelSharing(self.backbone, self.device))
+                extractor = sharing.extractor(level)
             self._level_caches[key] = FeatureCache(extractor, items.image, image_id=items.dataset.image_id,
                                                    key=f"{items.key}/{self.config.backbone}:{level}")
         return self._level_caches[key]
@@ -163,7 +187,9 @@ class FSSExperiment:
         sharing the backbone; a level whose name starts with ``"proposals"`` gives the proposals of
         ``self.proposal_sources[level]`` (register a source there before the first call, e.g. a trained POS's
         :class:`~fss_lab.models.mmformer.pos_training.POSProposalExtractor`), by default SLIC
-        (:class:`~fss_lab.models.proposal_features.ProposalExtractor`). Built once per level, then reused.
+        (:class:`~fss_lab.models.proposal_features.ProposalExtractor`). Built once per level, then reused; the
+        backbone levels of one item set share their backbone passes (each image runs through the backbone once for
+        all of them, with the same features as separate passes).
 
         Returns:
             ``({level: query cache}, {level: support cache})`` (the same dict twice for same-split protocols).
@@ -178,12 +204,18 @@ class FSSExperiment:
 
     def train_split(self, levels: Sequence[str]) -> tuple[TransformedItems, dict[str, FeatureCache]]:
         """The training split through the experiment's transform and one cache per level, for episodic
-        meta-training on base classes (:func:`fss_lab.engine.episodic.train_episodic`)."""
+        meta-training on base classes (:func:`fss_lab.engine.episodic.train_episodic`). Where the supports already
+        come from the training split (``cross_group``: CamVid), these are the support items and caches, so each
+        training image's features are extracted once."""
         if self._train_items is None:
-            ds = self.support_dataset if self.support_dataset.split == "train" else \
-                create_dataset(self.config.dataset, self.config.data_root, split="train", **self.config.dataset_kwargs)
-            self._train_items = TransformedItems(ds, self.transform)
-        return self._train_items, {lv: self._cache("train", lv, self._train_items) for lv in levels}
+            if self.support_dataset.split == "train":  # cross-group supports: the same items and features
+                self._train_items = self.support_items
+            else:
+                ds = create_dataset(self.config.dataset, self.config.data_root, split="train",
+                                    **self.config.dataset_kwargs)
+                self._train_items = TransformedItems(ds, self.transform)
+        role = "support" if self._train_items is self.support_items else "train"
+        return self._train_items, {lv: self._cache(role, lv, self._train_items) for lv in levels}
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -168,11 +168,7 @@ class FeatureCache:
         return set(todo)
 
     def _extract(self, group: list[tuple[int, torch.Tensor]]) -> int:
-        return self._store_features(group, self.extractor(torch.stack([img for _, img in group])))
-
-    def _store_features(self, group: list[tuple[int, torch.Tensor]], feats: torch.Tensor) -> int:
-        """Check and store ``feats [len(group), D, h, w]`` of the ``(index, image)`` pairs of ``group``."""
-        feats = feats.to(self.store_device)
+        feats = self.extractor(torch.stack([img for _, img in group])).to(self.store_device)
         name = getattr(getattr(self.extractor, "backbone", None), "name", type(self.extractor).__name__)
         for (i, img), f in zip(group, feats):
             if not bool(torch.isfinite(f).all()):
