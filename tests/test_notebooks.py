@@ -214,7 +214,7 @@ def test_eftnet_notebook_on_default_data():
     _check_eftnet_results(results)
 
 
-# about 6.5 min on a lightly loaded 2-core CPU with nothing cached (its QUICK run trains 60 stage-2 / 50 stage-1
+# 6.5-7.5 min on a lightly loaded 2-core CPU with nothing cached (its QUICK run trains 60 stage-2 / 50 stage-1
 # steps on 40 episodes; it also meta-trains the CamVid PFENet learner for (e), a checkpoint notebook 06 can share)
 @pytest.mark.notebook
 @pytest.mark.camvid
