@@ -180,3 +180,87 @@ def test_batched_equals_the_loop_with_the_layer4_path_and_two_shots(two_level_ta
     for ta, tb in zip(fast.traces, slow.traces):
         torch.testing.assert_close(ta.support_iou, tb.support_iou, atol=1e-6, rtol=0, equal_nan=True)
         assert torch.equal(ta.pseudo_masks, tb.pseudo_masks)
+
+
+# ---- MM-Former's matching module (the second adapter) ----------------------------------------------------------
+
+def _mm_learner(task):
+    from fss_lab.methods.mmformer import MMFormer
+    m = MMFormer(levels=("bottleneck",), hidden_dim=8, nhead=2, dim_feedforward=16, num_layers=1, min_size=2,
+                 init="threshold")
+    return m.fit(task)
+
+
+def _two_shot(task):
+    """``task`` with its support shown twice, the second copy's mask shifted (K = 2)."""
+    from fss_lab.methods.task import Task
+    labels = torch.cat([task.support_labels, task.support_labels.roll(3, -1)])
+    feats = {k: torch.cat([v, v.flip(-1)]) for k, v in task.support_features.items()}
+    return Task(feats, labels, task.query_features, task.label_space, shots=2, size=task.size,
+                query_valid=task.query_valid, meta=dict(task.meta))
+
+
+@pytest.fixture(scope="module")
+def mm_learner():
+    return _mm_learner(make_task("fss", 0))
+
+
+def test_mmformer_runs_round_0_is_its_prediction_and_fine_tuning_changes_it(mm_learner):
+    for t in (make_task("fss", 3), _two_shot(make_task("fss", 3))):
+        with torch.no_grad():
+            want = mm_learner.fit(t).predict(t)
+        first = EFTNet(mm_learner, lr=0.5, selection="first").fit(t).predict(t)
+        torch.testing.assert_close(first, want, atol=1e-5, rtol=0)
+        m = EFTNet(mm_learner, lr=0.5, selection="last", keep_traces=1)
+        last = m.fit(t).predict(t)
+        assert last.shape == (2, 2, 16, 16) and not torch.allclose(last, first)
+        tr = m.traces[0]
+        assert tr.predictions.shape == (6, 2, 16, 16) and tr.support_iou.shape == (6, 2)
+        assert bool((tr.support_iou[1:] >= 0).all())
+        # MM-Former's output is [1 - fg, fg]: the trace's foreground probability is channel 1 itself
+        torch.testing.assert_close(tr.fg_prob[0].float(), want[:, 1].detach(), atol=1e-2, rtol=0)
+
+
+def test_mmformer_no_leakage_and_the_loop_over_episodes(mm_learner):
+    before = {k: v.clone() for k, v in mm_learner.network.state_dict().items()}
+    t1, t2 = make_task("fss", 1), make_task("fss", 2)
+    both = EFTNet(mm_learner, lr=0.5).fit_predict([t1, t2])    # MM-Former: no vmap, fit_predict loops
+    alone = EFTNet(mm_learner, lr=0.5).fit(t2).predict(t2)
+    for k, v in mm_learner.network.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    torch.testing.assert_close(both[1], alone, atol=1e-5, rtol=0)
+    assert EFTNet(mm_learner).feature_levels == mm_learner.feature_levels
+
+
+def test_mmformer_prototype_mixing_0_8_0_2_by_hand():
+    """A stand-in model whose ``"pair"`` returns the value tagging its support (supports 1 and 2, the pseudo
+    support = the query, 100) and whose ``"head"`` returns its (embedding, prototype): the mixing is visible."""
+    from fss_lab.methods.eftnet import _MMFormerAdapter, _MMUnits
+    tag = lambda v: [torch.full((1, 1, 1, 1), float(v))]  # noqa: E731
+    u = _MMUnits(qf=[tag(100)], sf=[[tag(1), tag(2)]], s_masks=[torch.zeros(2, 4, 4, dtype=torch.long)],
+                 q_props=[torch.ones(1, 3, 4, 4)], s_props=[torch.ones(2, 3, 4, 4)],
+                 s_labels=torch.zeros(1, 2, 4, 4, dtype=torch.long), valid=torch.ones(1, 4, 4, dtype=torch.bool),
+                 labels=None, size=(4, 4))
+
+    def run_all(kind, *args):
+        if kind == "pair":  # (embedding = the query's tag, prototype = the support's tag)
+            qf, sf = args[0][0][0], args[1][0][0]
+            return qf.view(1, 1, 1, 1), sf.view(1, 1, 1)
+        emb, proto = args[0][0], args[1][0]
+        return torch.stack([emb.flatten(), proto.flatten()], -1)[None, None]   # [U, 1, 1, 2]
+    ad = _MMFormerAdapter(EFTNet(), None)
+    q_mask = torch.ones(1, 4, 4)
+    out = ad.query_forward(run_all, u, q_mask, None, True)[0]
+    assert out.flatten().tolist() == pytest.approx([100, 0.8 * (1 + 2) / 2 + 0.2 * 100])
+    off = ad.query_forward(run_all, u, q_mask, None, False)[0]
+    assert off.flatten().tolist() == pytest.approx([100, 1.5])
+    s2q = ad.s2q_forward(run_all, u, q_mask, None)                               # [U, K, 1, 2]
+    # support 0 as query: shots {pseudo (100), support 1 (2)}, mixed 0.8 with support 0 itself (1)
+    assert s2q[0, 0].flatten().tolist() == pytest.approx([1, 0.8 * (100 + 2) / 2 + 0.2 * 1])
+    assert s2q[0, 1].flatten().tolist() == pytest.approx([2, 0.8 * (1 + 100) / 2 + 0.2 * 2])
+
+
+def test_eftnet_refuses_a_learner_without_an_adapter(mm_learner):
+    from fss_lab.methods.mmformer import HeuristicMatching
+    with pytest.raises(TypeError, match="MMFormer"):
+        EFTNet(HeuristicMatching())

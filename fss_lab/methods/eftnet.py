@@ -14,7 +14,7 @@ official loop):
   1. pseudo label ``y_{r-1} = argmax P_{r-1}``, padding (``task.query_valid`` False) set to 255;
   2. **query-to-support (Q2S)**: the query with the binary pseudo mask :func:`pseudo_mask` of ``softmax(P_{r-1})``
      (foreground probability > 0.5, then the 20 % most confident of those pixels) is an extra support; the
-     support-derived inputs (prototype and prior for the PFENet-style model) of the real supports and of the
+     support-derived inputs (prototype and prior for the PFENet-style model, the prototype for MM-Former) of the real supports and of the
      pseudo support are mixed ``0.8 * real + 0.2 * pseudo`` (:func:`mix`);
   3. **support-to-query (S2Q) discrimination** (:func:`support_iou`, no gradient): each real support image k is
      segmented by the model with shot k replaced by the pseudo support, mixed 0.8 / 0.2 with support k's own
@@ -35,17 +35,27 @@ official round selection reads the query label. ``s2q_query_mask="label"`` repro
 declares ``reads_query_labels``); the default ``"pseudo"`` uses the round's Q2S pseudo mask, as the paper
 describes.
 
-The wrapped model is the PFENet-style meta-learner (:class:`~fss_lab.methods.pfenet.PFENetMetaLearner`); only its
-FEM network is tuned (the backbone's layer-3 -> layer-4 path stays frozen). :meth:`EFTNet.fit_predict` runs all
-queries of an evaluation chunk at once (``torch.func.vmap`` over stacked weight copies; SGD is elementwise, so one
-optimiser over the stack equals one per copy); it equals the per-query loop (a test checks it).
+The model-specific parts are a small **adapter** per wrapped learner (what is trainable, the frozen inputs, the
+support-derived inputs and their mixing, the forward with given inputs, the loss); the round loop, the filter, the
+selection and the per-round trace are shared:
+
+* the PFENet-style meta-learner (:class:`~fss_lab.methods.pfenet.PFENetMetaLearner`): only its FEM network is
+  tuned (the backbone's layer-3 -> layer-4 path stays frozen); prototype and prior are mixed; loss
+  ``CE + 0.9 * mean aux CE``. :meth:`EFTNet.fit_predict` runs all queries of an evaluation chunk at once
+  (``torch.func.vmap`` over stacked weight copies; SGD is elementwise, so one optimiser over the stack equals one
+  per copy); it equals the per-query loop (a test checks it).
+* MM-Former's Mask Matching module (:class:`~fss_lab.methods.mmformer.MMFormer`): the alignment block and the
+  matching MLP are tuned (proposals and backbone frozen); the support prototype is mixed (the query's proposal
+  embeddings are those aligned with the real supports); its output is the ``[1 - fg, fg]`` blend, so the loss is
+  the CE of those probabilities (no auxiliary CE) and ``fg`` is the foreground probability of the Q2S filter.
+  This path loops over queries (no ``vmap``: ``fit_predict`` is the loop).
 """
 from __future__ import annotations
 
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +67,9 @@ from .base import Method, NotFittedError, check_fss_support
 from .pfenet import PFENetMetaLearner, _levels_of
 from .registry import register_method
 from .task import Task
+
+if TYPE_CHECKING:
+    from .mmformer import MMFormer
 
 #: Official hyper-parameters (EFTNet config/pascal/pascal_split0_resnet50.yaml, meta_test.py).
 ROUNDS = 5
@@ -264,67 +277,88 @@ class _Call(nn.Module):
         return self.fem(query, proto, prior)
 
 
-@register_method
-class EFTNet(Method):
-    """EFTNet test-time fine-tuning around a meta-trained PFENet-style learner (module docstring).
+# ---- the model adapters ----------------------------------------------------------------------------------------
+
+def _stack_tree(outs: list):
+    """Stack per-unit outputs: tensors -> ``[U, ...]``; tuples / lists -> the same structure of stacks."""
+    first = outs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(outs)
+    parts = [_stack_tree([o[j] for o in outs]) for j in range(len(first))]
+    return tuple(parts) if isinstance(first, tuple) else parts
+
+
+def pfenet_round_inputs(protos, pseudo, prior_real, prior_ss, prior_pq, prior_ps, use_pseudo: bool,
+                        mix_weight: float = MIX_WEIGHT):
+    """PFENet-style support-derived inputs of the query forward and of the S2Q forwards of one unit (no unit axis).
 
     Args:
-        learner: the trained :class:`~fss_lab.methods.pfenet.PFENetMetaLearner` (``None``: an untrained small one
-            is built on the first task, for contract tests only).
-        rounds: R fine-tuning rounds (official 5).
-        lr / momentum / weight_decay / power: SGD settings (official 0.005, 0.9, 1e-4, poly 0.9 over rounds).
-        q2s: use the query-to-support pseudo support (off: every round uses the real supports only).
-        keep: the Q2S confident fraction (0.2). mix_weight: real-support weight of the mixing (0.8).
-        meta_weight: weight of the auxiliary CE (0.9).
-        selection: ``"discrimination"`` (official), ``"last"``, ``"first"`` or ``"oracle"`` (reads query labels).
-        s2q_query_mask: ``"pseudo"`` (default) or ``"label"`` (the official code's query ground truth; reads query
-            labels).
-        batched: :meth:`fit_predict` runs the chunk's queries together (``torch.func.vmap``); False: the loop.
-        keep_traces: keep the :class:`EFTNetTrace` of the first this-many tasks in ``traces`` (``None``: all).
+        protos: ``[K, c]`` per-shot prototypes; pseudo: ``[1, c]`` the pseudo support's prototype;
+        prior_real ``[1, 1, h, w]``; prior_ss ``[K, K, h, w]`` (support i as query vs shot j); prior_pq
+        ``[1, 1, h, w]`` (query vs pseudo support); prior_ps ``[K, 1, h, w]`` (support i vs pseudo support).
+        use_pseudo: mix the pseudo support into the query's inputs (Q2S on). mix_weight: the real weight (0.8).
 
-    Attributes:
-        traces: list of :class:`EFTNetTrace`, one per task run (up to ``keep_traces``).
+    Returns:
+        ``(query_proto [1, c], query_prior [1, 1, h, w], s2q_proto [K, c], s2q_prior [K, 1, h, w])``.
+    """
+    k = protos.shape[0]
+    real = protos.mean(0, keepdim=True)
+    if use_pseudo:
+        qp, qprior = mix(real, pseudo, mix_weight), mix(prior_real, prior_pq, mix_weight)
+    else:
+        qp, qprior = real, prior_real
+    # S2Q: support i is the query; shot i is replaced by the pseudo support; mixed with support i itself
+    eye = torch.eye(k, dtype=protos.dtype, device=protos.device)
+    swapped = (protos[None] * (1 - eye)[..., None] + eye[..., None] * pseudo[None]).mean(1)   # [K, c]
+    s_proto = mix(swapped, protos, mix_weight)
+    own = prior_ss.diagonal(dim1=0, dim2=1).permute(2, 0, 1)[:, None]                         # [K, 1, h, w]
+    swapped_prior = (prior_ss * (1 - eye)[..., None, None]
+                     + eye[..., None, None] * prior_ps[:, :1]).mean(1, keepdim=True)          # [K, 1, h, w]
+    return qp, qprior, s_proto, mix(swapped_prior, own, mix_weight)
+
+
+class _Adapter:
+    """What EFTNet's round loop needs from one kind of wrapped learner (one subclass per learner).
+
+    ``module(u)`` is the trainable part (deep-copied per query, or stacked for ``vmap`` when ``vmappable``);
+    ``units(tasks)`` stacks the fixed (frozen) inputs, one unit per query; ``pseudo_state(u, mask)`` the frozen
+    inputs derived from a pseudo support; ``round0`` / ``query_forward`` / ``s2q_forward`` run the model with the
+    given weights (``run_all(kind, *args)`` calls every unit's copy); ``loss`` is the per-unit CE; ``fg_prob`` the
+    foreground probability of an output.
     """
 
-    name: ClassVar[str] = "eftnet"
-    transductive: ClassVar[bool] = True
-    label_spaces: ClassVar[tuple[str, ...]] = ("fss",)
-    episodic_training: ClassVar[bool] = True
+    vmappable: ClassVar[bool] = False
 
-    def __init__(self, learner: PFENetMetaLearner | None = None, rounds: int = ROUNDS, lr: float = FT_LR,
-                 momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY, power: float = FT_POWER,
-                 q2s: bool = True, keep: float = Q2S_KEEP, mix_weight: float = MIX_WEIGHT,
-                 meta_weight: float = META_WEIGHT, selection: str = "discrimination", s2q_query_mask: str = "pseudo",
-                 batched: bool = True, keep_traces: int | None = 0):
-        if selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-        if s2q_query_mask not in ("pseudo", "label"):
-            raise ValueError(f"s2q_query_mask must be 'pseudo' or 'label' (official code), got {s2q_query_mask!r}")
-        if rounds < 0:
-            raise ValueError(f"rounds must be >= 0, got {rounds}")
-        if learner is not None and not isinstance(learner, PFENetMetaLearner):
-            raise TypeError(f"EFTNet wraps a PFENetMetaLearner (pfenet-meta), got {type(learner).__name__}")
-        self.learner = learner
-        self.rounds, self.lr, self.momentum, self.weight_decay, self.power = int(rounds), lr, momentum, \
-            weight_decay, power
-        self.q2s, self.keep, self.mix_weight, self.meta_weight = bool(q2s), keep, mix_weight, meta_weight
-        self.selection, self.s2q_query_mask, self.batched = selection, s2q_query_mask, bool(batched)
-        self.keep_traces = keep_traces
-        self.reads_query_labels = selection == "oracle" or s2q_query_mask == "label"
-        self.feature_levels = () if learner is None else tuple(learner.feature_levels)
-        self.traces: list[EFTNetTrace] = []
-        self._fitted: tuple[int, torch.Tensor] | None = None
+    def __init__(self, method: "EFTNet", learner):
+        self.method, self.learner = method, learner
 
-    # ---- inputs --------------------------------------------------------------------------------------------------
+    @property
+    def feature_levels(self) -> tuple[str, ...]:
+        return tuple(self.learner.feature_levels)
 
-    def _learner_for(self, task: Task) -> PFENetMetaLearner:
-        if self.learner is None:  # contract tests: an untrained small learner on the task's own levels
-            self.learner = PFENetMetaLearner(reduce_dim=8, bins=(1.0,))  # single-level tasks: the fallback path
+    @staticmethod
+    def fg_prob(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """Foreground probability of ``[..., 2, H, W]`` logits (softmax channel 1 along ``dim``)."""
+        return logits.softmax(dim).select(dim, 1)
+
+    def loss(self, logits: torch.Tensor, aux: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Per-unit CE (:func:`unit_loss`), float ``[U]``."""
+        return unit_loss(logits, aux, labels, self.method.meta_weight)
+
+
+class _PFENetAdapter(_Adapter):
+    """The PFENet-style meta-learner: FEM network trainable; prototype and prior mixed 0.8 / 0.2."""
+
+    vmappable: ClassVar[bool] = True
+
+    def build(self, task: Task) -> None:
         self.learner.build_for(task)
-        return self.learner
+
+    def module(self, u: _Units) -> nn.Module:
+        return _Call(self.learner.network)
 
     @torch.no_grad()
-    def _units(self, tasks: Sequence[Task]) -> _Units:
+    def units(self, tasks: Sequence[Task]) -> _Units:
         """Stack the fixed inputs of every query of ``tasks`` (equal shapes)."""
         rows: dict[str, list] = {k: [] for k in ("fq", "fs", "s_masks", "s_labels", "q_mid", "q_high", "s_high",
                                                   "prior_real", "prior_ss", "valid", "labels")}
@@ -356,13 +390,10 @@ class EFTNet(Method):
                 rows["labels"].append(None if t.query_labels is None else t.query_labels[q].long())
         given = rows.pop("labels")
         labels = None if any(v is None for v in given) else torch.stack(given)
-        if self.reads_query_labels and labels is None:
-            raise ValueError(f"EFTNet(selection={self.selection!r}, s2q_query_mask={self.s2q_query_mask!r}) reads "
-                             "the query labels; evaluate it with an evaluator that passes task.query_labels")
         return _Units(**{k: torch.stack(v) for k, v in rows.items()}, labels=labels, path=path, size=tasks[0].size)
 
     @torch.no_grad()
-    def _pseudo_priors(self, u: _Units, q_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pseudo_state(self, u: _Units, q_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Priors from the pseudo support (the query with mask ``q_mask [U, H, W]``): of the query itself
         ``[U, 1, 1, h, w]`` and of each support image as query ``[U, K, 1, h, w]``."""
         n = q_mask.shape[0]
@@ -379,46 +410,290 @@ class EFTNet(Method):
                              eps=PRIOR_EPS)  # [U K, 1, h, w]
         return prior_q[:, None], prior_s.view(n, k, 1, *size)
 
-    # ---- one round, for one unit, given callables (shared by the loop and the vmapped path) ------------------------
+    def _inputs(self, run_all, u, q_mask, state, use_pseudo):
+        prior_pq, prior_ps = state
+        protos = run_all("proto", u.fs, u.s_masks)             # [U, K, c]
+        pseudo = run_all("proto", u.fq, q_mask[:, None])       # [U, 1, c]
+        parts = [pfenet_round_inputs(protos[i], pseudo[i], u.prior_real[i], u.prior_ss[i], prior_pq[i],
+                                     prior_ps[i], use_pseudo, self.method.mix_weight) for i in range(protos.shape[0])]
+        return [torch.stack([p[j] for p in parts]) for j in range(4)]
+
+    def query_forward(self, run_all, u, q_mask, state, use_pseudo):
+        """The query's logits [U, 2, h, w] and aux logits (with gradients when enabled)."""
+        qp, qprior, _, _ = self._inputs(run_all, u, q_mask, state, use_pseudo)
+        logits, aux = run_all("fem", u.fq, qp, qprior)
+        return logits[:, 0], [a[:, 0] for a in aux]
+
+    def round0(self, run_all, u):
+        n, k = u.fq.shape[0], u.fs.shape[1]
+        zeros_q = torch.zeros(n, *u.size, device=u.fq.device)
+        no_prior = torch.zeros_like(u.prior_real)
+        return self.query_forward(run_all, u, zeros_q, (no_prior, no_prior.expand(-1, k, -1, -1, -1)), False)[0]
+
+    def s2q_forward(self, run_all, u, q_mask, state):
+        """Each support image segmented with the pseudo support (logits [U, K, 2, h, w])."""
+        _, _, sp, sprior = self._inputs(run_all, u, q_mask, state, True)
+        return run_all("fem", u.fs, sp, sprior)[0]
+
+
+@dataclass
+class _MMUnits:
+    """MM-Former's fixed per-query inputs (U units, lists indexed by unit; each unit has its task's K supports)."""
+
+    qf: list        # per unit: per level [1, C, h, w] query features
+    sf: list        # per unit: per shot: per level [1, C, h, w] support features
+    s_masks: list   # per unit: [K, H, W] int support labels
+    q_props: list   # per unit: [1, N, h, w] query proposals (floored at EMPTY_FLOOR)
+    s_props: list   # per unit: [K, N, h, w] support images' proposals (S2Q)
+    s_labels: torch.Tensor  # [U, K, H, W]
+    valid: torch.Tensor     # [U, H, W] bool
+    labels: torch.Tensor | None
+    size: tuple[int, int]
+
+    @property
+    def k(self) -> int:
+        return int(self.s_labels.shape[1])
+
+
+class _MMCall(nn.Module):
+    """``MaskMatching`` split at the support prototype: ``"pair"`` aligns one query with one support (the
+    proposal embeddings ``[1, N, D]`` of the aligned query and the prototype ``[1, D]`` of the aligned support);
+    ``"head"`` is cosine -> matching MLP -> blend (``[1, 2, H, W]``)."""
+
+    def __init__(self, net: nn.Module, size: tuple[int, int]):
+        super().__init__()
+        self.net, self.size = net, tuple(size)
+
+    def forward(self, kind: str, *args):
+        from ..models.mmformer.mask_matching import (blend_proposals, heuristic_matching, proposal_embeddings,
+                                                     proposal_similarity, support_prototype)
+        if kind == "pair":
+            qfeats, sfeats, mask, props = args
+            aq, as_ = self.net.alignment(qfeats, sfeats, mask)
+            emb = torch.cat([proposal_embeddings(f, props) for f in aq], dim=2)
+            proto = torch.cat([support_prototype(f, mask) for f in as_], dim=1)
+            return emb, proto
+        emb, proto, props = args
+        sim = proposal_similarity(emb, proto)
+        if self.net.matching == "heuristic":
+            return heuristic_matching(sim, props, self.size)
+        return blend_proposals(self.net.matching_mlp(sim), props, self.size)
+
+
+class _MMFormerAdapter(_Adapter):
+    """MM-Former's Mask Matching module (alignment block + matching MLP trainable; proposals and backbone frozen).
+
+    Support-derived input: the support prototype (pooled from the aligned support features under the support
+    mask); the query's forward uses ``mix(mean_k proto_k, proto_pseudo)`` with the real supports' proposal
+    embeddings; S2Q segments support j with shot j replaced by the pseudo support, its prototype mixed 0.8 / 0.2
+    with support j's own. The output is MM-Former's ``[1 - fg, fg]`` blend, so the loss is the CE of those
+    probabilities (``-log`` of the pseudo label's channel, clamped at 1e-6; no auxiliary CE: MM-Former has none)
+    and the foreground probability is ``fg`` itself. Loops over queries (no ``vmap``).
+    """
+
+    def build(self, task: Task) -> None:
+        self.learner.build_for(task)
+
+    def module(self, u: _MMUnits) -> nn.Module:
+        """A copy of the matching network without the tensors its last forward kept (``last_similarity``, ...:
+        not graph leaves, so they cannot be deep-copied per query; the wrapped network keeps its own)."""
+        net = self.learner.network
+        memo = {id(v): None for m in net.modules() for v in vars(m).values()
+                if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and not v.is_leaf}
+        return _MMCall(copy.deepcopy(net, memo), u.size)
+
+    @torch.no_grad()
+    def units(self, tasks: Sequence[Task]) -> _MMUnits:
+        from .mmformer import EMPTY_FLOOR, _feature_levels, _proposals
+        rows: dict[str, list] = {k: [] for k in ("qf", "sf", "s_masks", "q_props", "s_props", "s_labels", "valid",
+                                                  "labels")}
+        for t in tasks:
+            lv = _feature_levels(t, self.learner.levels)
+            q_props = _proposals(t, self.learner.proposal_level).clamp(min=EMPTY_FLOOR)
+            s_props = _support_proposals(t, self.learner.proposal_level).clamp(min=EMPTY_FLOOR)
+            sfeats = [[t.support(x).float()[j:j + 1] for x in lv] for j in range(t.shots)]
+            for q in range(t.num_queries):
+                rows["qf"].append([t.query(x).float()[q:q + 1] for x in lv])
+                rows["sf"].append(sfeats)
+                rows["s_masks"].append(t.support_labels.long())
+                rows["q_props"].append(q_props[q:q + 1])
+                rows["s_props"].append(s_props)
+                rows["s_labels"].append(t.support_labels.long())
+                rows["valid"].append(t.valid()[q])
+                rows["labels"].append(None if t.query_labels is None else t.query_labels[q].long())
+        given = rows.pop("labels")
+        labels = None if any(v is None for v in given) else torch.stack(given)
+        return _MMUnits(**{k: rows[k] for k in ("qf", "sf", "s_masks", "q_props", "s_props")},
+                        s_labels=torch.stack(rows["s_labels"]), valid=torch.stack(rows["valid"]), labels=labels,
+                        size=tuple(tasks[0].size))
+
+    def pseudo_state(self, u, q_mask):
+        return None  # the pseudo support goes through the trainable alignment: nothing frozen to precompute
+
+    @staticmethod
+    def _shots(run_all, qf, shots, masks, props):
+        """Mean over the given shots of ``"pair"`` (as ``MaskMatching``: sum, then / K): ``(emb, proto)``."""
+        emb, proto = 0.0, 0.0
+        for feats, mask in zip(shots, masks):
+            e, p = run_all("pair", qf, feats, mask, props)
+            emb, proto = emb + e, proto + p
+        return emb / len(shots), proto / len(shots)
+
+    def query_forward(self, run_all, u, q_mask, state, use_pseudo):
+        """``([1 - fg, fg] [U, 2, H, W], [])``: the real supports' embeddings and (mixed) prototype."""
+        n = len(u.qf)
+        emb, proto = self._shots(run_all, u.qf, [[s[j] for s in u.sf] for j in range(u.k)],
+                                 [[m[j:j + 1] for m in u.s_masks] for j in range(u.k)], u.q_props)
+        if use_pseudo:
+            _, pseudo = run_all("pair", u.qf, u.qf, [q_mask[i:i + 1] for i in range(n)], u.q_props)
+            proto = mix(proto, pseudo, self.method.mix_weight)
+        return run_all("head", emb, proto, u.q_props)[:, 0], []
+
+    def round0(self, run_all, u):
+        return self.query_forward(run_all, u, None, None, False)[0]
+
+    def s2q_forward(self, run_all, u, q_mask, state):
+        """Support j segmented with shot j replaced by the pseudo support, prototype mixed with its own:
+        ``[U, K, 2, H, W]``."""
+        n, k = len(u.qf), u.k
+        pmask = [q_mask[i:i + 1] for i in range(n)]
+        outs = []
+        for j in range(k):
+            sj, pj = [s[j] for s in u.sf], [p[j:j + 1] for p in u.s_props]
+            shots = [u.qf if i == j else [s[i] for s in u.sf] for i in range(k)]
+            masks = [pmask if i == j else [m[i:i + 1] for m in u.s_masks] for i in range(k)]
+            emb, proto = self._shots(run_all, sj, shots, masks, pj)
+            _, own = run_all("pair", sj, sj, [m[j:j + 1] for m in u.s_masks], pj)
+            outs.append(run_all("head", emb, mix(proto, own, self.method.mix_weight), pj)[:, 0])
+        return torch.stack(outs, 1)
+
+    @staticmethod
+    def fg_prob(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """MM-Former's output is ``[1 - fg, fg]``: its foreground probability is channel 1 itself."""
+        return logits.select(dim, 1)
+
+    def loss(self, logits, aux, labels):
+        """CE of the ``[1 - fg, fg]`` probabilities with the pseudo label (mean over valid pixels), float ``[U]``."""
+        valid = (labels != IGNORE_INDEX).flatten(1).sum(1).clamp_min(1).float()
+        logp = logits.float().clamp_min(1e-6).log()
+        return F.nll_loss(logp, labels, ignore_index=IGNORE_INDEX, reduction="none").flatten(1).sum(1) / valid
+
+
+def _support_proposals(task: Task, level: str) -> torch.Tensor:
+    """``[S, N, h, w]`` proposals of the support images (the fallback: one-hot cells of the default level)."""
+    if level in task.support_features:
+        return task.support(level).float()
+    f = task.support()
+    s, _, h, w = f.shape
+    return torch.eye(h * w, dtype=torch.float32, device=f.device).view(h * w, h, w)[None].expand(s, -1, -1, -1)
+
+
+def _adapter_for(method: "EFTNet", learner) -> _Adapter:
+    """The adapter of ``learner``.
+
+    Raises:
+        TypeError: a learner EFTNet has no adapter for.
+    """
+    from .mmformer import JointMMFormer, MMFormer
+    if isinstance(learner, PFENetMetaLearner):
+        return _PFENetAdapter(method, learner)
+    if isinstance(learner, MMFormer) and not isinstance(learner, JointMMFormer):
+        return _MMFormerAdapter(method, learner)
+    raise TypeError(f"EFTNet wraps a PFENetMetaLearner (pfenet-meta) or an MMFormer (mmformer), got "
+                    f"{type(learner).__name__}; add an adapter in fss_lab/methods/eftnet.py for other learners")
+
+
+@register_method
+class EFTNet(Method):
+    """EFTNet test-time fine-tuning around a meta-trained learner (module docstring).
+
+    Args:
+        learner: the trained :class:`~fss_lab.methods.pfenet.PFENetMetaLearner` or
+            :class:`~fss_lab.methods.mmformer.MMFormer` (``None``: an untrained small PFENet-style one is built on
+            the first task, for contract tests only).
+        rounds: R fine-tuning rounds (official 5).
+        lr / momentum / weight_decay / power: SGD settings (official 0.005, 0.9, 1e-4, poly 0.9 over rounds).
+        q2s: use the query-to-support pseudo support (off: every round uses the real supports only).
+        keep: the Q2S confident fraction (0.2). mix_weight: real-support weight of the mixing (0.8).
+        meta_weight: weight of the auxiliary CE (0.9).
+        selection: ``"discrimination"`` (official), ``"last"``, ``"first"`` or ``"oracle"`` (reads query labels).
+        s2q_query_mask: ``"pseudo"`` (default) or ``"label"`` (the official code's query ground truth; reads query
+            labels).
+        batched: :meth:`fit_predict` runs the chunk's queries together (``torch.func.vmap``; PFENet-style learner
+            only); False: the loop.
+
+    Raises:
+        TypeError: a learner without an adapter. ValueError: an unknown ``selection`` / ``s2q_query_mask``.
+        keep_traces: keep the :class:`EFTNetTrace` of the first this-many tasks in ``traces`` (``None``: all).
+
+    Attributes:
+        traces: list of :class:`EFTNetTrace`, one per task run (up to ``keep_traces``).
+    """
+
+    name: ClassVar[str] = "eftnet"
+    transductive: ClassVar[bool] = True
+    label_spaces: ClassVar[tuple[str, ...]] = ("fss",)
+    episodic_training: ClassVar[bool] = True
+
+    def __init__(self, learner: PFENetMetaLearner | MMFormer | None = None, rounds: int = ROUNDS, lr: float = FT_LR,
+                 momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY, power: float = FT_POWER,
+                 q2s: bool = True, keep: float = Q2S_KEEP, mix_weight: float = MIX_WEIGHT,
+                 meta_weight: float = META_WEIGHT, selection: str = "discrimination", s2q_query_mask: str = "pseudo",
+                 batched: bool = True, keep_traces: int | None = 0):
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        if s2q_query_mask not in ("pseudo", "label"):
+            raise ValueError(f"s2q_query_mask must be 'pseudo' or 'label' (official code), got {s2q_query_mask!r}")
+        if rounds < 0:
+            raise ValueError(f"rounds must be >= 0, got {rounds}")
+        self.learner = learner
+        self._adapter = None if learner is None else _adapter_for(self, learner)
+        self.rounds, self.lr, self.momentum, self.weight_decay, self.power = int(rounds), lr, momentum, \
+            weight_decay, power
+        self.q2s, self.keep, self.mix_weight, self.meta_weight = bool(q2s), keep, mix_weight, meta_weight
+        self.selection, self.s2q_query_mask, self.batched = selection, s2q_query_mask, bool(batched)
+        self.keep_traces = keep_traces
+        self.reads_query_labels = selection == "oracle" or s2q_query_mask == "label"
+        self.feature_levels = () if learner is None else tuple(learner.feature_levels)
+        self.traces: list[EFTNetTrace] = []
+        self._fitted: tuple[int, torch.Tensor] | None = None
+
+    # ---- inputs --------------------------------------------------------------------------------------------------
+
+    def _learner_for(self, task: Task):
+        if self.learner is None:  # contract tests: an untrained small learner on the task's own levels
+            self.learner = PFENetMetaLearner(reduce_dim=8, bins=(1.0,))  # single-level tasks: the fallback path
+            self._adapter = _adapter_for(self, self.learner)
+        self._adapter.build(task)
+        return self.learner
+
+    @torch.no_grad()
+    def _units(self, tasks: Sequence[Task]):
+        """Stack the fixed inputs of every query of ``tasks`` (equal shapes), by the learner's adapter."""
+        u = self._adapter.units(tasks)
+        if self.reads_query_labels and u.labels is None:
+            raise ValueError(f"EFTNet(selection={self.selection!r}, s2q_query_mask={self.s2q_query_mask!r}) reads "
+                             "the query labels; evaluate it with an evaluator that passes task.query_labels")
+        return u
 
     def _round_inputs(self, protos, pseudo, prior_real, prior_ss, prior_pq, prior_ps, use_pseudo: bool):
-        """Prototype and prior of the query forward and of the S2Q forwards of one unit (no unit axis).
-
-        Args:
-            protos: ``[K, c]`` per-shot prototypes; pseudo: ``[1, c]`` the pseudo support's prototype;
-            prior_real ``[1, 1, h, w]``; prior_ss ``[K, K, h, w]`` (support i as query vs shot j); prior_pq
-            ``[1, 1, h, w]`` (query vs pseudo support); prior_ps ``[K, 1, h, w]`` (support i vs pseudo support).
-
-        Returns:
-            ``(query_proto [1, c], query_prior [1, 1, h, w], s2q_proto [K, c], s2q_prior [K, 1, h, w])``.
-        """
-        k = protos.shape[0]
-        real = protos.mean(0, keepdim=True)
-        if use_pseudo:
-            qp, qprior = mix(real, pseudo, self.mix_weight), mix(prior_real, prior_pq, self.mix_weight)
-        else:
-            qp, qprior = real, prior_real
-        # S2Q: support i is the query; shot i is replaced by the pseudo support; mixed with support i itself
-        eye = torch.eye(k, dtype=protos.dtype, device=protos.device)
-        swapped = (protos[None] * (1 - eye)[..., None] + eye[..., None] * pseudo[None]).mean(1)   # [K, c]
-        s_proto = mix(swapped, protos, self.mix_weight)
-        own = prior_ss.diagonal(dim1=0, dim2=1).permute(2, 0, 1)[:, None]                         # [K, 1, h, w]
-        swapped_prior = (prior_ss * (1 - eye)[..., None, None]
-                         + eye[..., None, None] * prior_ps[:, :1]).mean(1, keepdim=True)          # [K, 1, h, w]
-        return qp, qprior, s_proto, mix(swapped_prior, own, self.mix_weight)
+        """:func:`pfenet_round_inputs` with this method's ``mix_weight``."""
+        return pfenet_round_inputs(protos, pseudo, prior_real, prior_ss, prior_pq, prior_ps, use_pseudo,
+                                   self.mix_weight)
 
     # ---- the two paths ---------------------------------------------------------------------------------------------
 
-    def _run(self, u: _Units, batched: bool):
-        """All rounds for the stacked units. Returns (logits [R+1, U, 2, H, W], pseudo labels [R, U, H, W],
-        pseudo masks [R, U, H, W], support IoUs [R+1, U])."""
-        net = self.learner.network
-        n, size = u.fq.shape[0], u.size
-        call = _Call(net).eval()
-        base = {k: v.detach() for k, v in call.named_parameters()}
+    def _run(self, u, batched: bool):
+        """All rounds for the stacked units (the model-specific parts are the adapter's). Returns (logits
+        [R+1, U, 2, H, W], pseudo labels [R, U, H, W], pseudo masks [R, U, H, W], support IoUs [R+1, U])."""
+        ad = self._adapter
+        n, size, k = u.valid.shape[0], u.size, u.s_labels.shape[1]
+        call = ad.module(u).eval()
+        base = {name: v.detach() for name, v in call.named_parameters()}
         if batched:
             from torch.func import functional_call, vmap
-            params = {k: v.clone()[None].repeat(n, *([1] * v.dim())).requires_grad_(True) for k, v in base.items()}
+            params = {name: v.clone()[None].repeat(n, *([1] * v.dim())).requires_grad_(True)
+                      for name, v in base.items()}
 
             def run_all(kind_q, *args):  # vmapped over units
                 return vmap(lambda p, *a: functional_call(call, p, (kind_q, *a)))(params, *args)
@@ -428,62 +703,33 @@ class EFTNet(Method):
             copies = [dict(m.named_parameters()) for m in nets]
 
             def run_all(kind_q, *args):
-                outs = [m(kind_q, *(a[i] for a in args)) for i, m in enumerate(nets)]
-                if isinstance(outs[0], tuple):
-                    return (torch.stack([o[0] for o in outs]), [torch.stack([o[1][j] for o in outs])
-                                                                for j in range(len(outs[0][1]))])
-                return torch.stack(outs)
+                return _stack_tree([m(kind_q, *(a[i] for a in args)) for i, m in enumerate(nets)])
         opts = [torch.optim.SGD(list(c.values()), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
                 for c in copies]
 
         up = lambda z: F.interpolate(z, size=size, mode="bilinear", align_corners=True)  # noqa: E731
-        k = u.fs.shape[1]
 
-        def inputs(q_mask, prior_pq, prior_ps, use_pseudo):
-            protos = run_all("proto", u.fs, u.s_masks)             # [U, K, c]
-            pseudo = run_all("proto", u.fq, q_mask[:, None])       # [U, 1, c]
-            parts = [self._round_inputs(protos[i], pseudo[i], u.prior_real[i], u.prior_ss[i], prior_pq[i],
-                                        prior_ps[i], use_pseudo) for i in range(n)]
-            return [torch.stack([p[j] for p in parts]) for j in range(4)]
-
-        def query_forward(q_mask, prior_pq, prior_ps, use_pseudo):
-            """The query's logits [U, 2, h, w] and aux logits (with gradients when enabled)."""
-            qp, qprior, _, _ = inputs(q_mask, prior_pq, prior_ps, use_pseudo)
-            logits, aux = run_all("fem", u.fq, qp, qprior)
-            return logits[:, 0], [a[:, 0] for a in aux]
-
-        @torch.no_grad()
-        def s2q_forward(q_mask, prior_pq, prior_ps):
-            """Each support image segmented with the pseudo support (logits [U, K, 2, h, w])."""
-            _, _, sp, sprior = inputs(q_mask, prior_pq, prior_ps, True)
-            return run_all("fem", u.fs, sp, sprior)[0]
-
-        zeros_q = torch.zeros(n, *size, device=u.fq.device)
-        no_prior = torch.zeros_like(u.prior_real)
         with torch.no_grad():
-            logits0, _ = query_forward(zeros_q, no_prior, no_prior.expand(-1, k, -1, -1, -1), False)
+            logits0 = ad.round0(run_all, u)
         all_logits = [up(logits0.detach())]
         pseudo_labels, pseudo_masks = [], []
         s_ious = [torch.full((n,), float("nan"))]
         for step in range(self.rounds):
             prev = all_logits[-1]
             label = prev.max(1).indices.masked_fill(~u.valid, IGNORE_INDEX)
-            q_mask = pseudo_mask(prev.softmax(1)[:, 1], self.keep)
+            q_mask = pseudo_mask(ad.fg_prob(prev), self.keep)
             s2q_mask = u.labels.eq(1).float() if self.s2q_query_mask == "label" else q_mask
-            pq, ps = self._pseudo_priors(u, q_mask)
-            if s2q_mask is not q_mask:
-                _, ps_s2q = self._pseudo_priors(u, s2q_mask)
-            else:
-                ps_s2q = ps
+            state = ad.pseudo_state(u, q_mask)
+            state_s2q = state if s2q_mask is q_mask else ad.pseudo_state(u, s2q_mask)
             for opt in opts:
                 for g in opt.param_groups:
                     g["lr"] = poly_lr(self.lr, self.rounds, step, self.power)
-            logits, aux = query_forward(q_mask, pq, ps, self.q2s)
+            logits, aux = ad.query_forward(run_all, u, q_mask, state, self.q2s)
             with torch.no_grad():
-                s_logits = s2q_forward(s2q_mask, pq, ps_s2q)
+                s_logits = ad.s2q_forward(run_all, u, s2q_mask, state_s2q)
                 s_pred = up(s_logits.flatten(0, 1)).max(1).indices.view(n, k, *size)
                 s_ious.append(binary_iou(s_pred, u.s_labels).mean(1).cpu())
-            loss = unit_loss(logits, aux, label, self.meta_weight).sum()
+            loss = ad.loss(logits, aux, label).sum()
             for opt in opts:
                 opt.zero_grad()
             loss.backward()
@@ -520,7 +766,7 @@ class EFTNet(Method):
                     torch.zeros(0, q, *t.size, dtype=torch.uint8)  # noqa: E731
                 self.traces.append(EFTNetTrace(
                     predictions=logits[:, sl].max(2).indices.to(torch.uint8).cpu(),
-                    fg_prob=logits[:, sl].softmax(2)[:, :, 1].to(torch.float16).cpu(),
+                    fg_prob=self._adapter.fg_prob(logits[:, sl], 2).to(torch.float16).cpu(),
                     pseudo_labels=stack(labels), pseudo_masks=stack(masks), support_iou=s_ious[:, sl].clone(),
                     chosen=chosen[sl].clone(), meta=dict(t.meta)))
             start += q
@@ -550,7 +796,7 @@ class EFTNet(Method):
         """Every task at once (``batched=True`` and equal shapes), else the loop; equal to the loop."""
         if not tasks:
             return []
-        if self.batched:
+        if self.batched and (self._adapter is None or self._adapter.vmappable):
             shapes = {(tuple(t.support().shape), tuple(t.query().shape), t.size) for t in tasks}
             if len(shapes) == 1:
                 return self._solve(tasks, batched=True)
