@@ -211,6 +211,7 @@ NOTEBOOK_SPECS: dict[str, dict[str, Param]] = {
         "ROUNDS": Param("int", 0, example="5"),
         "ABLATION_SHOTS": Param("int_list", 1, optional=True, example="[1]"),
         "OFFICIAL_S2Q": Param("bool", optional=True),
+        "MM_EPISODES": Param("int", 1, optional=True, example="20"),
         "VIDEO_EPISODES": Param("int", 1, optional=True, example="30"),
         "META_MODEL_DIR": Param("path", example="'results/meta_models'"),
     },

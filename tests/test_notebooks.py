@@ -197,6 +197,7 @@ def test_attention_mmformer_notebook_on_default_data():
 def _check_eftnet_results(results):
     """Notebook 06's tables: fractions in [0, 1], round 0 equal to the wrapped meta-learner, every rule scored."""
     assert {r["shots"] for r in results["gain"]} == {1, 5}
+    assert {(r["model"], r["shots"]) for r in results["gain"]} >= {("MM-Former", 1), ("MM-Former", 5)}
     for row in results["gain"]:
         assert 0.0 <= row["meta-learner"] <= 1.0 and 0.0 <= row["+ EFTNet"] <= 1.0
         assert abs(row["gain"] - (row["+ EFTNet"] - row["meta-learner"])) < 1e-9

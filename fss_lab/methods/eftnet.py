@@ -14,8 +14,8 @@ official loop):
   1. pseudo label ``y_{r-1} = argmax P_{r-1}``, padding (``task.query_valid`` False) set to 255;
   2. **query-to-support (Q2S)**: the query with the binary pseudo mask :func:`pseudo_mask` of ``softmax(P_{r-1})``
      (foreground probability > 0.5, then the 20 % most confident of those pixels) is an extra support; the
-     support-derived inputs (prototype and prior for the PFENet-style model, the prototype for MM-Former) of the real supports and of the
-     pseudo support are mixed ``0.8 * real + 0.2 * pseudo`` (:func:`mix`);
+     support-derived inputs (prototype and prior for the PFENet-style model, the prototype for MM-Former) of the
+     real supports and of the pseudo support are mixed ``0.8 * real + 0.2 * pseudo`` (:func:`mix`);
   3. **support-to-query (S2Q) discrimination** (:func:`support_iou`, no gradient): each real support image k is
      segmented by the model with shot k replaced by the pseudo support, mixed 0.8 / 0.2 with support k's own
      inputs (the official ``s2q`` branch), and scored against its true mask; ``s_r`` = mean over shots;
