@@ -382,7 +382,7 @@ g1 = pf_gain["gain"]
 for k in SHOTS:
     d = g1[k]
     verdicts[f"gain_{k}shot"] = bool(d > 0)
-    print(f"(a) {k}-shot: EFTNet {'improves' if d > 0 else 'does not improve'} the meta-learner: "
+    print(f"(a) PFENet-style, {k}-shot: EFTNet {'improves' if d > 0 else 'does not improve'} the meta-learner: "
           f"{pct(runs[k]['base'].miou)} -> {pct(runs[k]['result'].miou)} mIoU ({100 * d:+.1f}; paper: +1.1 to +1.5 "
           f"on PASCAL-5i 1-shot, +0.7 to +1.0 at 5 shots). "
           + ("In the paper's range or above." if d >= 0.011 else "Below the paper's range." if d > 0 else ""))
