@@ -280,9 +280,9 @@ def _check_benchmark_results(results):
     assert results["verdicts"] and all(v["held"] in (True, False, None) for v in results["verdicts"])
 
 
-# heavy: on CamVid it needs the CamVid base model ("background" policy, which no CI notebook trains: 208 s) and the
-# QUICK PFENet-style and MM-Former learners of CamVid (310 s + 210 s; notebooks 05 / 06 on CamVid are heavy too), about
-# 12 min of training before its own 2.9 min (measured on the shared 2-core CPU, load 3-5)
+# heavy: on CamVid it needs the CamVid base model ("background" policy, which no CI notebook trains: 208 s) and its
+# own 2.9 min run (its PFENet-style learner is the one notebooks 05/06 train on CamVid in CI; its official-start
+# MM-Former is trained with the recipe notebook 05 uses only for its ablation), measured on the shared 2-core CPU
 @pytest.mark.heavy
 @pytest.mark.notebook
 @pytest.mark.camvid

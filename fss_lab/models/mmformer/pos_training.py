@@ -193,7 +193,26 @@ def train_pos(pos: PotentialObjectsSegmenter, config: POSConfig, *, items, cache
     return history
 
 
-class POSProposalExtractor(nn.Module):
+class _FrozenPOSReader(nn.Module):
+    """A trained POS and its backbone, frozen; :meth:`_pos_inputs` gives the backbone maps the POS reads."""
+
+    def __init__(self, pos: PotentialObjectsSegmenter, backbone: nn.Module):
+        super().__init__()
+        self.pos = pos.eval().requires_grad_(False)
+        self.backbone = backbone.eval().requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.pos.parameters()).device
+
+    def _pos_inputs(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The frozen backbone's float32 maps the POS reads: ([s32, s16, s8], mask-feature level)."""
+        self.backbone.eval()
+        feats = self.backbone(images.to(self.device, torch.float32), levels=(*POS_LEVELS, POS_MASK_LEVEL))
+        return [feats[lv].float() for lv in POS_LEVELS], feats[POS_MASK_LEVEL].float()
+
+
+class POSProposalExtractor(_FrozenPOSReader):
     """A trained POS as a proposal source: ``images [B, 3, H, W] -> proposals [B, N, H/4, W/4]`` in ``[0, 1]``
     (``pred_masks.sigmoid()``, MM-Former's proposals), for a cache level named ``"proposals..."``.
 
@@ -203,25 +222,16 @@ class POSProposalExtractor(nn.Module):
     """
 
     def __init__(self, pos: PotentialObjectsSegmenter, backbone: nn.Module):
-        super().__init__()
-        self.pos = pos.eval().requires_grad_(False)
+        super().__init__(pos, backbone)
         self.num_proposals = pos.num_queries
-        self.backbone = backbone.eval().requires_grad_(False)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.pos.parameters()).device
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Sigmoid proposals of every image."""
-        self.backbone.eval()
-        feats = self.backbone(images.to(self.device, torch.float32), levels=(*POS_LEVELS, POS_MASK_LEVEL))
-        maps = [feats[lv].float() for lv in POS_LEVELS]
-        return self.pos(maps, feats[POS_MASK_LEVEL].float())["pred_masks"].sigmoid()
+        return self.pos(*self._pos_inputs(images))["pred_masks"].sigmoid()
 
 
-class POSContextExtractor(nn.Module):
+class POSContextExtractor(_FrozenPOSReader):
     """A trained POS's **context features** as a feature source (MM-Former Tab. 3b: matching on the features after
     the POS's context modelling instead of the backbone's): ``images [B, 3, H, W] -> [B, hidden_dim, h, w]``, the
     pixel decoder's output at one of the three decoder levels.
@@ -241,23 +251,15 @@ class POSContextExtractor(nn.Module):
     """
 
     def __init__(self, pos: PotentialObjectsSegmenter, backbone: nn.Module, level: str):
-        super().__init__()
         if level not in POS_LEVELS:
             raise ValueError(f"POSContextExtractor: level must be one of {POS_LEVELS}, got {level!r}")
-        self.pos = pos.eval().requires_grad_(False)
-        self.backbone = backbone.eval().requires_grad_(False)
+        super().__init__(pos, backbone)
         self.level = level
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.pos.parameters()).device
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, hidden_dim, h, w]`` pixel-decoder features at :attr:`level`."""
-        self.backbone.eval()
-        feats = self.backbone(images.to(self.device, torch.float32), levels=(*POS_LEVELS, POS_MASK_LEVEL))
-        multi, _ = self.pos.pixel_decoder([feats[lv].float() for lv in POS_LEVELS], feats[POS_MASK_LEVEL].float())
+        multi, _ = self.pos.pixel_decoder(*self._pos_inputs(images))
         return multi[POS_LEVELS.index(self.level)]
 
 
