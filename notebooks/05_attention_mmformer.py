@@ -55,7 +55,7 @@ SHOTS = [1, 5]
 N_EPISODES = None  # None: 60 when QUICK (40 on CamVid), 1,000 otherwise
 PROPOSAL_COUNTS = None  # SLIC proposal counts for (b); None: [25, 100] when QUICK, [10, 25, 50, 100] otherwise
 POS_ITERATIONS = None  # stage 1 steps; None: 100 when QUICK (50 on CamVid), 20,000 otherwise (the paper on PASCAL)
-MM_ITERATIONS = None  # stage 2 steps; None: the "mmformer" recipe (experiments.meta), 60 for CamVid when QUICK
+MM_ITERATIONS = None  # stage 2 steps; None: the "mmformer" recipe of experiments.meta (QUICK CamVid: 60)
 RESULTS_DIR = "results/05_attention_mmformer"
 
 # %%
@@ -95,7 +95,6 @@ CAMVID_QUICK = QUICK and DATASET == "camvid"
 N_EPISODES = N_EPISODES or (40 if CAMVID_QUICK else 60 if QUICK else 1000)
 PROPOSAL_COUNTS = PROPOSAL_COUNTS or ([25, 100] if QUICK else [10, 25, 50, 100])
 POS_ITERATIONS = POS_ITERATIONS or (50 if CAMVID_QUICK else 100 if QUICK else 20000)
-MM_ITERATIONS = MM_ITERATIONS or (60 if CAMVID_QUICK else None)
 LEARNERS = QUICK_LEARNERS if QUICK else FULL_LEARNERS
 LEVELS = tuple(LEARNERS["mmformer"].get("levels", ("s32", "s16", "s8")))
 mm_recipe = {} if MM_ITERATIONS is None else {"iterations": MM_ITERATIONS}
@@ -454,7 +453,7 @@ for k in SHOTS:
 print("\n".join(lines))
 print(f"\nTraining on this machine: stage 1 (POS) {stage1_seconds:.0f} s, stage 2 (matching) {stage2_seconds:.0f} s. "
       f"Caveats: {'QUICK: tiny networks, few steps and episodes; ' if QUICK else ''}"
-      f"{f'CamVid QUICK: {MM_ITERATIONS} stage-2 and {POS_ITERATIONS} stage-1 steps, {N_EPISODES} episodes; ' if CAMVID_QUICK else ''}"
+      f"{f'CamVid QUICK: {len(mm_history.steps_frame())} stage-2 and {POS_ITERATIONS} stage-1 steps, {N_EPISODES} episodes; ' if CAMVID_QUICK else ''}"
       f"{'generated data, not PASCAL/COCO' if DATASET == 'synthetic' else DATASET + ', not PASCAL/COCO'}.")
 
 # %%

@@ -155,7 +155,10 @@ for k in SHOTS:
     timings[f"EFTNet {k}-shot"] = time.time() - t0
     per_round, rules = rule_scores(eft.traces, k)
     runs[k] = dict(traces=eft.traces, per_round=per_round, rules=rules, result=res, base=base)
-    assert abs(per_round[0] - base.miou) < 1e-9, "round 0 must be the wrapped model's own prediction"
+    # round 0 is the wrapped model's own prediction, computed on EFTNet's batched path: with several CPU threads a
+    # few pixels on a decision boundary may round the other way (a sum in another order), so equal within 0.2 points
+    assert abs(per_round[0] - base.miou) < 2e-3, \
+        f"round 0 ({per_round[0]:.4f}) must be the wrapped model's own prediction ({base.miou:.4f})"
     t0 = time.time()
     q_caches, s_caches = exp.level_caches(learner.feature_levels)  # (e) RePRI: same episodes, same s16 features
     repri = evaluate_fss(RePRI(), exp.episodes(k), exp.query_items, exp.support_items, {"s16": q_caches["s16"]},
@@ -177,7 +180,7 @@ for k in SHOTS:
 # %%
 from fss_lab.data.sampler import EpisodeList
 
-mm_recipe = {"iterations": 60} if QUICK and DATASET == "camvid" else {}  # notebook 05's stage-2 steps (same checkpoint)
+mm_recipe = {}  # the "mmformer" recipe of experiments.meta, as in notebook 05 (same checkpoint)
 mm, mm_history = meta_learner("mmformer", exp, quick=QUICK, recipe=mm_recipe, cache_dir=META_MODEL_DIR,
                               progress=False, self_align=False, cross="none", co_weight=0.0, init="threshold")
 mm_q, mm_s = exp.level_caches(mm.feature_levels)
