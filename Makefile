@@ -54,7 +54,7 @@ test: env
 test-fast: env
 	TQDM_DISABLE=1 $(BIN)/python -m pytest -m "not notebook and not slow and not browser"
 
-# Notebook runs outside CI's 30-minute budget (CamVid runs of 04b/05/06, and of the benchmark notebook 08): see the notes
+# Notebook runs outside CI's 30-minute budget (the CamVid runs of 04b and of the benchmark notebook 08): see the notes
 # on each test in tests/test_notebooks.py.
 test-heavy: env
 	TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m heavy
