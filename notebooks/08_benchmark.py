@@ -115,7 +115,9 @@ print(f"fss_lab {fss_lab.__version__} · torch {torch.__version__} · QUICK={QUI
 # are built by a small factory table: the GFSS methods take the frozen base model, the meta-learners come from
 # `meta_learner(name, exp, quick=QUICK)` (trained once, then reloaded), and EFTNet wraps that same PFENet-style
 # meta-learner (`EFTNet(learner)`: test-time fine-tuning of a copy per query). The methods this benchmark expects
-# but the build lacks are listed as *not in this build*.
+# but the build lacks are listed as *not in this build*. Rows marked *variant* are named options beside a
+# registered method, not the paper's settings (`FSS_VARIANTS`: MM-Former's learned matching from the threshold start,
+# notebook 05's row that does not collapse).
 
 # %%
 EXPECTED = {"fss": ["prototype", "repri", "binary-ft", "pfenet-prior", "pfenet-meta", "mmformer", "mmformer-heuristic",
@@ -128,16 +130,18 @@ fss_exp = FSSExperiment(FSSConfig(dataset=DATASET, data_root=DATA_ROOT, fold=FOL
 _learners = {}
 
 
-def meta(name):
-    """The meta-trained learner ``name`` (QUICK or full recipe), trained once or loaded from META_MODEL_DIR: the
-    same ``meta_learner`` call as notebooks 05 / 06, so the same checkpoint."""
-    if name not in _learners:
+def meta(name, **settings):
+    """The meta-trained learner ``name`` (QUICK or full recipe; ``settings`` change the learner's), trained once or
+    loaded from META_MODEL_DIR: the same ``meta_learner`` call as notebooks 05 / 06, so the same checkpoint."""
+    key = (name, tuple(sorted(settings.items())))
+    if key not in _learners:
         t0 = time.time()
-        learner, history = meta_learner(name, fss_exp, quick=QUICK, cache_dir=META_MODEL_DIR, progress=False)
-        _learners[name] = learner
-        print(f"{name}: meta-trained or loaded in {time.time() - t0:.0f} s (validation mIoU "
-              f"{pct(history.last_miou) if history.last_miou is not None else 'n/a'} %)")
-    return _learners[name]
+        learner, history = meta_learner(name, fss_exp, quick=QUICK, cache_dir=META_MODEL_DIR, progress=False,
+                                        **settings)
+        _learners[key] = learner
+        print(f"{name}{' ' + str(settings) if settings else ''}: meta-trained or loaded in {time.time() - t0:.0f} s "
+              f"(validation mIoU {pct(history.last_miou) if history.last_miou is not None else 'n/a'} %)")
+    return _learners[key]
 
 
 FSS_FACTORIES = {  # methods that need more than create_method(name)
@@ -145,6 +149,14 @@ FSS_FACTORIES = {  # methods that need more than create_method(name)
     "repri": lambda: create_method("repri", adapt_iter=50),  # official 50 steps
     "eftnet": lambda: create_method("eftnet", learner=meta("pfenet-meta")),  # official 5 rounds, around PFENet
 }
+#: Named variants beside the registered methods (rows marked "variant", not the paper's settings): MM-Former's
+#: learned matching from the threshold start, which notebook 05 found does not collapse to background (its row
+#: "learnable matching alone, threshold start": same settings, same checkpoint).
+FSS_VARIANTS = {
+    "mmformer [threshold start]": lambda: meta("mmformer", self_align=False, cross="none", co_weight=0.0,
+                                               init="threshold"),
+}
+FSS_FACTORIES.update(FSS_VARIANTS)
 GFSS_FACTORIES = {"diam": lambda: create_method("diam", model=model, iterations=100)}  # official 100 steps
 # QUICK only: cheaper settings for the two GFSS fine-tuning methods that dominate the CPU time (official: 100
 # full-batch steps with the loss at image size; measured ~90 s per 1-shot run for all-after-backbone on the default
@@ -186,6 +198,9 @@ for space in ("fss", "gfss"):
             continue
         availability.append({"space": space, "method": name,
                              "status": "registered" if name in registered else "not in this build"})
+for name in FSS_VARIANTS:
+    if wanted is None or name in wanted or name.split(" [")[0] in wanted:
+        availability.append({"space": "fss", "method": name, "status": "variant"})
 availability = pd.DataFrame(availability)
 print(availability.to_string(index=False))
 gfss_exp = model = None
@@ -275,7 +290,7 @@ def gfss_row(space, name, k, res_list, sec, queries, protocol, clock=None):
 
 N_NOVEL = gfss_exp.class_map.num_novel if gfss_exp is not None else 0
 rows, per_class, notes, timing = [], [], {}, []
-for _, a in availability[availability.status == "registered"].iterrows():
+for _, a in availability[availability.status.isin(["registered", "variant"])].iterrows():
     name, space = a["method"], a["space"]
     t_build = time.time()
     try:
@@ -555,7 +570,7 @@ _ = RUN.write_results({
     "quick_settings": {k: {a: str(b) for a, b in v.items()} for k, v in QUICK_SETTINGS.items()},
     "timing": timing.to_dict("records"),
     "not_applicable": {m: h for (sp, m), h in notes.items() if h.startswith("not applicable")},
-    "missing": availability[availability.status != "registered"].method.tolist(),
+    "missing": availability[availability.status == "not in this build"].method.tolist(),
     "verdicts": [{**v, "held": v["held"] if v["held"] is None else bool(v["held"])} for v in verdicts],
     "summary_lines": [f"{r['space']} {r['method']} {r['shots']}-shot: "
                       + (f"mIoU {pct(r['mIoU'])}" if r["space"] == "fss" else
